@@ -1,0 +1,220 @@
+import COpenBLAS
+
+/// What a convolution adds to its raw result, while the tile is still in cache:
+/// `y = conv + bias[c] + channelBias[b, c]`, then `y = (residual + y) / outputScale`.
+public struct ConvEpilogue {
+    /// `[batch, out]`, added per image and channel (a resnet's time embedding).
+    public var channelBias: Tensor?
+    /// Same shape as the output, added after the bias (a skip connection).
+    public var residual: Tensor?
+    /// Divides the sum with `residual` (diffusers' `output_scale_factor`).
+    public var outputScale: Float
+
+    public init(channelBias: Tensor? = nil, residual: Tensor? = nil, outputScale: Float = 1) {
+        self.channelBias = channelBias
+        self.residual = residual
+        self.outputScale = outputScale
+    }
+}
+
+extension KernelRuntime {
+    /// 2D convolution of `input` `[batch, in, h, w]` as im2col and one sgemm per tile.
+    ///
+    /// With `upsampleInput` the input is first enlarged 2x by nearest neighbour,
+    /// without materializing it: the im2col reads each source pixel twice.
+    /// A 1x1 convolution with stride 1 multiplies the input directly.
+    public func conv2d(
+        _ input: Tensor, _ layer: Conv2DLayer, upsampleInput: Bool = false, epilogue: ConvEpilogue = ConvEpilogue()
+    ) -> Tensor {
+        precondition(input.shape.count == 4 && input.shape[1] == layer.inChannels,
+                     "convolution of \(layer.inChannels) channels applied to \(input.shape)")
+        let batch = input.shape[0]
+        let scale = upsampleInput ? 2 : 1
+        let geometry = ConvGeometry(
+            inChannels: layer.inChannels, inHeight: input.shape[2] * scale, inWidth: input.shape[3] * scale,
+            kernelHeight: layer.kernelHeight, kernelWidth: layer.kernelWidth, stride: layer.stride,
+            padding: layer.padding, upsampled: upsampleInput)
+        let outChannels = layer.outChannels
+        let pixels = geometry.outHeight * geometry.outWidth
+        let output = Tensor(uninitialized: [batch, outChannels, geometry.outHeight, geometry.outWidth])
+        if let residual = epilogue.residual {
+            precondition(residual.shape == output.shape, "residual \(residual.shape) for output \(output.shape)")
+        }
+        if let channelBias = epilogue.channelBias {
+            precondition(channelBias.shape == [batch, outChannels], "channel bias \(channelBias.shape) for \(output.shape)")
+        }
+
+        let depth = geometry.depth
+        countProduct(batch * outChannels, pixels, depth)
+        let direct = geometry.isPointwise
+        let tiles = GemmTiling(rows: outChannels, columns: pixels)
+        let inputImage = input.sliceCount
+        let outputImage = output.sliceCount
+        pool.parallelFor(batch * tiles.perImage) { task, worker in
+            let image = task / tiles.perImage
+            let (rows, columns) = tiles.ranges(of: task % tiles.perImage)
+            let source = input.data + image * inputImage
+            let b: UnsafePointer<Float>
+            let ldb: Int
+            if direct {
+                b = UnsafePointer(source + columns.lowerBound)
+                ldb = pixels
+            } else {
+                let columnsBuffer = scratch(worker: worker, count: depth * columns.count)
+                geometry.im2col(source, columns: columns, into: columnsBuffer)
+                b = UnsafePointer(columnsBuffer)
+                ldb = columns.count
+            }
+            let c = output.data + image * outputImage + rows.lowerBound * pixels + columns.lowerBound
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows.count), Int32(columns.count), Int32(depth),
+                1, layer.weight.data + rows.lowerBound * depth, Int32(depth), b, Int32(ldb), 0, c, Int32(pixels))
+            applyEpilogue(
+                epilogue, layer: layer, image: image, rows: rows, columns: columns, pixels: pixels, output: c,
+                residual: epilogue.residual.map { $0.data + (c - output.data) })
+        }
+        return output
+    }
+
+    private func applyEpilogue(
+        _ epilogue: ConvEpilogue, layer: Conv2DLayer, image: Int, rows: Range<Int>, columns: Range<Int>,
+        pixels: Int, output: UnsafeMutablePointer<Float>, residual: UnsafeMutablePointer<Float>?
+    ) {
+        let divide = epilogue.outputScale != 1
+        let scale = Float16x(repeating: epilogue.outputScale)
+        for (offset, row) in rows.enumerated() {
+            var add = layer.bias?.data[row] ?? 0
+            if let channelBias = epilogue.channelBias { add += channelBias.data[image * layer.outChannels + row] }
+            let line = output + offset * pixels
+            let shift = Float16x(repeating: add)
+            if let residual {
+                let skip = UnsafePointer(residual + offset * pixels)
+                var i = 0
+                while i < columns.count {
+                    let n = min(16, columns.count - i)
+                    var y = load(line + i, n) + shift
+                    y = load(skip + i, n) + y
+                    if divide { y = y / scale }
+                    store(y, line + i, n)
+                    i += n
+                }
+            } else if add != 0 {
+                VectorMath.map(line, line, count: columns.count) { $0 + shift }
+            }
+        }
+    }
+}
+
+@inline(__always)
+func load(_ pointer: UnsafePointer<Float>, _ count: Int) -> Float16x {
+    if count == 16 { return UnsafeRawPointer(pointer).loadUnaligned(as: Float16x.self) }
+    var v = Float16x()
+    for i in 0..<count { v[i] = pointer[i] }
+    return v
+}
+
+@inline(__always)
+func load(_ pointer: UnsafeMutablePointer<Float>, _ count: Int) -> Float16x { load(UnsafePointer(pointer), count) }
+
+@inline(__always)
+func store(_ v: Float16x, _ pointer: UnsafeMutablePointer<Float>, _ count: Int) {
+    if count == 16 {
+        UnsafeMutableRawPointer(pointer).storeBytes(of: v, as: Float16x.self)
+    } else {
+        for i in 0..<count { pointer[i] = v[i] }
+    }
+}
+
+/// How one image's GEMM `[rows x columns]` is cut into tasks.
+///
+/// The cut depends on the GEMM's shape alone, so each tile is the same sgemm call
+/// whatever the batch size and thread count: OpenBLAS picks its kernels by shape,
+/// and a tile's bits stay put only if its call does. Columns (pixels) are cut
+/// first, into halves down to 64 wide, so that one image keeps two cores busy;
+/// rows are halved when an image has too few pixels to cut.
+struct GemmTiling {
+    let rows: Int
+    let columns: Int
+    let rowTile: Int
+    let columnTile: Int
+
+    init(rows: Int, columns: Int) {
+        self.rows = rows
+        self.columns = columns
+        columnTile = columns >= 128 ? (columns + 1) / 2 : columns
+        rowTile = columns < 128 && rows >= 128 ? (rows + 1) / 2 : rows
+    }
+
+    var rowTiles: Int { (rows + rowTile - 1) / rowTile }
+    var columnTiles: Int { (columns + columnTile - 1) / columnTile }
+    var perImage: Int { rowTiles * columnTiles }
+
+    func ranges(of tile: Int) -> (rows: Range<Int>, columns: Range<Int>) {
+        let r = (tile / columnTiles) * rowTile
+        let c = (tile % columnTiles) * columnTile
+        return (r..<min(r + rowTile, rows), c..<min(c + columnTile, columns))
+    }
+}
+
+/// The shape of one convolution, and its im2col.
+struct ConvGeometry {
+    let inChannels, inHeight, inWidth: Int
+    let kernelHeight, kernelWidth, stride: Int
+    let padding: Padding
+    /// The input is stored at half resolution and read as if enlarged 2x.
+    let upsampled: Bool
+
+    var outHeight: Int { (inHeight + padding.top + padding.bottom - kernelHeight) / stride + 1 }
+    var outWidth: Int { (inWidth + padding.left + padding.right - kernelWidth) / stride + 1 }
+    var depth: Int { inChannels * kernelHeight * kernelWidth }
+    var isPointwise: Bool {
+        kernelHeight == 1 && kernelWidth == 1 && stride == 1 && !upsampled && padding == .uniform(0)
+    }
+
+    /// Writes rows `(channel, ky, kx)` by columns `columns` (output pixels) of the
+    /// unfolded input into `destination`, `columns.count` floats per row.
+    func im2col(_ source: UnsafePointer<Float>, columns: Range<Int>, into destination: UnsafeMutablePointer<Float>) {
+        let storedWidth = upsampled ? inWidth / 2 : inWidth
+        let storedPlane = storedWidth * (upsampled ? inHeight / 2 : inHeight)
+        let firstRow = columns.lowerBound / outWidth
+        let lastRow = (columns.upperBound - 1) / outWidth
+        var out = destination
+        for channel in 0..<inChannels {
+            let plane = source + channel * storedPlane
+            for ky in 0..<kernelHeight {
+                for kx in 0..<kernelWidth {
+                    // Output columns whose input pixel falls inside the image.
+                    let validStart = max(0, (padding.left - kx + stride - 1) / stride)
+                    let validEnd = min(outWidth, (inWidth + padding.left - kx + stride - 1) / stride)
+                    for oy in firstRow...lastRow {
+                        let start = oy == firstRow ? columns.lowerBound - oy * outWidth : 0
+                        let end = oy == lastRow ? columns.upperBound - oy * outWidth : outWidth
+                        let iy = oy * stride + ky - padding.top
+                        if iy < 0 || iy >= inHeight {
+                            out.initialize(repeating: 0, count: end - start)
+                            out += end - start
+                            continue
+                        }
+                        let lo = min(max(start, validStart), end)
+                        let hi = max(min(end, validEnd), lo)
+                        if lo > start { out.initialize(repeating: 0, count: lo - start) }
+                        let dst = out + (lo - start)
+                        if upsampled {
+                            let line = plane + (iy / 2) * storedWidth
+                            for ox in lo..<hi { dst[ox - lo] = line[(ox * stride + kx - padding.left) / 2] }
+                        } else {
+                            let line = plane + iy * storedWidth
+                            if stride == 1 {
+                                dst.update(from: line + (lo + kx - padding.left), count: hi - lo)
+                            } else {
+                                for ox in lo..<hi { dst[ox - lo] = line[ox * stride + kx - padding.left] }
+                            }
+                        }
+                        if end > hi { (out + (hi - start)).initialize(repeating: 0, count: end - hi) }
+                        out += end - start
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+extension KernelRuntime {
+    /// SiLU, `x·σ(x)`, elementwise.
+    public func silu(_ input: Tensor) -> Tensor {
+        let output = Tensor(uninitialized: input.shape)
+        VectorMath.map(input.data, output.data, count: input.count) { VectorMath.silu($0) }
+        return output
+    }
+
+    /// `a·x + b` elementwise (diffusers' `center_input_sample` is `2x - 1`).
+    public func affine(_ input: Tensor, scale: Float, shift: Float) -> Tensor {
+        let output = Tensor(uninitialized: input.shape)
+        let a = Float16x(repeating: scale), b = Float16x(repeating: shift)
+        VectorMath.map(input.data, output.data, count: input.count) { b.addingProduct($0, a) }
+        return output
+    }
+
+    /// Concatenates `[batch, c_i, h, w]` tensors along the channel dimension.
+    public func concatenateChannels(_ parts: [Tensor]) -> Tensor {
+        let batch = parts[0].shape[0]
+        let spatial = Array(parts[0].shape.dropFirst(2))
+        precondition(parts.allSatisfy { $0.shape[0] == batch && Array($0.shape.dropFirst(2)) == spatial },
+                     "concatenated tensors differ in batch or size: \(parts.map(\.shape))")
+        let output = Tensor(uninitialized: [batch, parts.reduce(0) { $0 + $1.shape[1] }] + spatial)
+        var destination = output.data
+        for image in 0..<batch {
+            for part in parts {
+                destination.update(from: part.data + image * part.sliceCount, count: part.sliceCount)
+                destination += part.sliceCount
+            }
+        }
+        return output
+    }
+
+    /// `a + b` elementwise, for tensors of one shape.
+    public func add(_ a: Tensor, _ b: Tensor) -> Tensor {
+        precondition(a.shape == b.shape, "cannot add \(a.shape) and \(b.shape)")
+        let output = Tensor(uninitialized: a.shape)
+        for i in 0..<a.count { output.data[i] = a.data[i] + b.data[i] }
+        return output
+    }
+}

@@ -1,0 +1,90 @@
+import Foundation
+
+/// NumPy's `.npy` format for float32 tensors in C order: the magic `\x93NUMPY`, a
+/// version, a header length, a Python-literal header dict, then the data.
+public enum NPYFile {
+    private static let magic: [UInt8] = [0x93] + Array("NUMPY".utf8)
+
+    /// Parses `.npy` bytes; `path` only names the source in errors.
+    public static func decode(_ bytes: Data, path: String = "<data>") throws -> Tensor {
+        let b = [UInt8](bytes)
+        guard b.count >= 10, Array(b[0..<6]) == magic else { throw TensorFileError(path: path, "not an .npy file") }
+        let major = b[6]
+        let (lengthSize, headerStart): (Int, Int) = major == 1 ? (2, 10) : (4, 12)
+        guard (1...3).contains(major), b.count >= headerStart else {
+            throw TensorFileError(path: path, ".npy version \(major) is not supported")
+        }
+        var headerLength = 0
+        for i in 0..<lengthSize { headerLength |= Int(b[8 + i]) << (8 * i) }
+        guard headerStart + headerLength <= b.count,
+              let header = String(bytes: b[headerStart..<(headerStart + headerLength)], encoding: .utf8)
+        else { throw TensorFileError(path: path, ".npy header runs past the end of the file") }
+
+        let descr = field("descr", in: header)
+        guard descr == "'<f4'" || descr == "'|f4'" else {
+            throw TensorFileError(path: path, "dtype \(descr ?? "missing") is not float32 ('<f4')")
+        }
+        guard field("fortran_order", in: header) == "False" else {
+            throw TensorFileError(path: path, "only C-order arrays are read (fortran_order must be False)")
+        }
+        guard let shapeText = field("shape", in: header), shapeText.hasPrefix("("), shapeText.hasSuffix(")") else {
+            throw TensorFileError(path: path, ".npy header has no shape")
+        }
+        let parts = shapeText.dropFirst().dropLast().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        let shape = try parts.filter { !$0.isEmpty }.map { part -> Int in
+            guard let dimension = Int(part), dimension >= 0 else { throw TensorFileError(path: path, "invalid shape \(shapeText)") }
+            return dimension
+        }
+        let tensor = Tensor(uninitialized: shape)
+        let dataStart = headerStart + headerLength
+        guard b.count - dataStart == tensor.count * 4 else {
+            throw TensorFileError(path: path, "\(b.count - dataStart) data bytes for shape \(shape) of float32")
+        }
+        b.withUnsafeBytes { raw in
+            for i in 0..<tensor.count {
+                tensor.data[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: dataStart + 4 * i, as: UInt32.self)))
+            }
+        }
+        return tensor
+    }
+
+    public static func read(path: String) throws -> Tensor {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw TensorFileError(path: path, "cannot read file")
+        }
+        return try decode(data, path: path)
+    }
+
+    /// Version 1.0 `.npy` bytes, the header padded so the data starts 64-byte aligned.
+    public static func encode(_ tensor: Tensor) -> Data {
+        let shape = tensor.shape.count == 1 ? "(\(tensor.shape[0]),)" : "(" + tensor.shape.map(String.init).joined(separator: ", ") + ")"
+        var header = "{'descr': '<f4', 'fortran_order': False, 'shape': \(shape), }"
+        let unpadded = 10 + header.utf8.count + 1
+        header += String(repeating: " ", count: (64 - unpadded % 64) % 64) + "\n"
+        var data = Data(magic + [1, 0, UInt8(header.utf8.count & 0xff), UInt8(header.utf8.count >> 8)])
+        data.append(contentsOf: Array(header.utf8))
+        data.reserveCapacity(data.count + tensor.count * 4)
+        for i in 0..<tensor.count { withUnsafeBytes(of: tensor.data[i].bitPattern.littleEndian) { data.append(contentsOf: $0) } }
+        return data
+    }
+
+    public static func write(_ tensor: Tensor, path: String) throws {
+        guard FileManager.default.createFile(atPath: path, contents: encode(tensor)) else {
+            throw TensorFileError(path: path, "cannot write file")
+        }
+    }
+
+    /// The literal after `'key':` in a header dict, up to the next top-level comma.
+    private static func field(_ key: String, in header: String) -> String? {
+        guard let start = header.range(of: "'\(key)':") else { return nil }
+        var depth = 0
+        var value = ""
+        for character in header[start.upperBound...] {
+            if character == "(" { depth += 1 }
+            if character == ")" { depth -= 1 }
+            if (character == "," && depth == 0) || character == "}" { break }
+            value.append(character)
+        }
+        return value.trimmingCharacters(in: .whitespaces)
+    }
+}

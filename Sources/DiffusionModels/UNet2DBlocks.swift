@@ -1,0 +1,93 @@
+import DiffusionKernels
+
+/// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"`:
+/// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
+struct ResnetBlock: Sendable {
+    let norm1: GroupNormLayer
+    let conv1: Conv2DLayer
+    let timeProjection: LinearLayer
+    let norm2: GroupNormLayer
+    let conv2: Conv2DLayer
+    let shortcut: Conv2DLayer?
+    let outputScale: Float
+
+    init(_ w: inout WeightReader, _ prefix: String, in inChannels: Int, out: Int, config: UNet2DConfig,
+         outputScale: Float = 1) throws
+    {
+        let (groups, eps) = (config.normNumGroups, config.normEps)
+        norm1 = try w.groupNorm("\(prefix).norm1", channels: inChannels, groups: groups, epsilon: eps)
+        conv1 = try w.conv("\(prefix).conv1", in: inChannels, out: out, kernel: 3, padding: .uniform(1))
+        timeProjection = try w.linear("\(prefix).time_emb_proj", in: config.timeEmbedDim, out: out)
+        norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groups, epsilon: eps)
+        conv2 = try w.conv("\(prefix).conv2", in: out, out: out, kernel: 3, padding: .uniform(1))
+        shortcut = inChannels == out
+            ? nil : try w.conv("\(prefix).conv_shortcut", in: inChannels, out: out, kernel: 1, padding: .uniform(0))
+        self.outputScale = outputScale
+    }
+
+    /// `activatedTime` is `silu(temb)`, shared by every resnet of a forward pass.
+    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
+        let timeBias = k.linear(activatedTime, timeProjection)
+        var h = k.groupNorm(x, norm1, silu: true)
+        h = k.conv2d(h, conv1, epilogue: ConvEpilogue(channelBias: timeBias))
+        h = k.groupNorm(h, norm2, silu: true)
+        let skip = shortcut.map { k.conv2d(x, $0) } ?? x
+        return k.conv2d(h, conv2, epilogue: ConvEpilogue(residual: skip, outputScale: outputScale))
+    }
+}
+
+/// `DownBlock2D` / `AttnDownBlock2D`: resnets (each followed by attention in the
+/// attention variant), then an optional stride-2 convolution.
+struct DownBlock: Sendable {
+    let resnets: [ResnetBlock]
+    let attentions: [AttentionLayer]
+    let downsample: Conv2DLayer?
+
+    /// Returns the block's output and the skip tensors it hands to the up path.
+    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> (Tensor, [Tensor]) {
+        var h = x
+        var skips: [Tensor] = []
+        for (i, resnet) in resnets.enumerated() {
+            h = resnet(h, activatedTime: activatedTime, on: k)
+            if !attentions.isEmpty { h = k.attention(h, attentions[i]) }
+            skips.append(h)
+        }
+        if let downsample {
+            h = k.conv2d(h, downsample)
+            skips.append(h)
+        }
+        return (h, skips)
+    }
+}
+
+/// `UNetMidBlock2D`: resnet, then (attention, resnet) once.
+struct MidBlock: Sendable {
+    let first: ResnetBlock
+    let attention: AttentionLayer?
+    let second: ResnetBlock
+
+    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
+        var h = first(x, activatedTime: activatedTime, on: k)
+        if let attention { h = k.attention(h, attention) }
+        return second(h, activatedTime: activatedTime, on: k)
+    }
+}
+
+/// `UpBlock2D` / `AttnUpBlock2D`: each resnet takes the running tensor with the
+/// latest skip tensor appended along channels; an optional nearest-2x upsample and
+/// convolution (fused into one op) closes the block.
+struct UpBlock: Sendable {
+    let resnets: [ResnetBlock]
+    let attentions: [AttentionLayer]
+    let upsample: Conv2DLayer?
+
+    func callAsFunction(_ x: Tensor, skips: inout [Tensor], activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
+        var h = x
+        for (i, resnet) in resnets.enumerated() {
+            h = resnet(k.concatenateChannels([h, skips.removeLast()]), activatedTime: activatedTime, on: k)
+            if !attentions.isEmpty { h = k.attention(h, attentions[i]) }
+        }
+        if let upsample { h = k.conv2d(h, upsample, upsampleInput: true) }
+        return h
+    }
+}

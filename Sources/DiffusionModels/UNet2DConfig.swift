@@ -1,0 +1,210 @@
+import Foundation
+
+/// `UNet2DModel`'s config.json, as diffusers writes it.
+///
+/// diffusers writes every constructor argument, so the parser knows them all:
+/// a key is accepted only at the values this runtime implements, and any other
+/// value, or an unknown key, is an error naming both. Keys starting with `_` are
+/// diffusers' bookkeeping and are ignored.
+public struct UNet2DConfig: Sendable, Equatable {
+    public enum DownBlock: String, Sendable { case plain = "DownBlock2D", attention = "AttnDownBlock2D" }
+    public enum UpBlock: String, Sendable { case plain = "UpBlock2D", attention = "AttnUpBlock2D" }
+
+    public var sampleSize: [Int]?
+    public var inChannels = 3
+    public var outChannels = 3
+    public var centerInputSample = false
+    public var timeEmbeddingDim: Int?
+    public var freqShift: Float = 0
+    public var flipSinToCos = true
+    public var downBlockTypes: [DownBlock] = [.plain, .attention, .attention, .attention]
+    public var upBlockTypes: [UpBlock] = [.attention, .attention, .attention, .plain]
+    public var hasMidBlock = true
+    public var blockOutChannels = [224, 448, 672, 896]
+    public var layersPerBlock = 2
+    public var midBlockScaleFactor: Float = 1
+    public var downsamplePadding = 1
+    public var attentionHeadDim: Int? = 8
+    public var normNumGroups = 32
+    public var attnNormNumGroups: Int?
+    public var normEps: Float = 1e-5
+    public var addAttention = true
+    public var numClassEmbeds: Int?
+
+    public init() {}
+
+    /// The width of the time embedding that every resnet receives.
+    public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
+
+    public init(json data: Data, source: String) throws {
+        guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
+            throw ModelError("\(source): not a JSON object")
+        }
+        var reader = ConfigReader(keys: keys, source: source)
+        if let size = reader.value("sample_size") {
+            if let one = (size as? NSNumber)?.intValue {
+                sampleSize = [one, one]
+            } else if let pair = size as? [NSNumber], pair.count == 2 {
+                sampleSize = pair.map(\.intValue)
+            } else {
+                throw reader.unsupported("sample_size", size)
+            }
+        }
+        inChannels = try reader.int("in_channels") ?? inChannels
+        outChannels = try reader.int("out_channels") ?? outChannels
+        centerInputSample = try reader.bool("center_input_sample") ?? centerInputSample
+        try reader.require("time_embedding_type", oneOf: ["positional"])
+        timeEmbeddingDim = try reader.int("time_embedding_dim")
+        freqShift = try reader.float("freq_shift") ?? freqShift
+        flipSinToCos = try reader.bool("flip_sin_to_cos") ?? flipSinToCos
+        downBlockTypes = try reader.strings("down_block_types")?.map { name in
+            guard let type = DownBlock(rawValue: name) else { throw reader.unsupported("down_block_types", name) }
+            return type
+        } ?? downBlockTypes
+        upBlockTypes = try reader.strings("up_block_types")?.map { name in
+            guard let type = UpBlock(rawValue: name) else { throw reader.unsupported("up_block_types", name) }
+            return type
+        } ?? upBlockTypes
+        switch reader.value("mid_block_type") {
+        case nil, "UNetMidBlock2D" as String: hasMidBlock = true
+        case is NSNull: hasMidBlock = false
+        case let other?: throw reader.unsupported("mid_block_type", other)
+        }
+        blockOutChannels = try reader.ints("block_out_channels") ?? blockOutChannels
+        layersPerBlock = try reader.int("layers_per_block") ?? layersPerBlock
+        midBlockScaleFactor = try reader.float("mid_block_scale_factor") ?? midBlockScaleFactor
+        downsamplePadding = try reader.int("downsample_padding") ?? downsamplePadding
+        try reader.require("downsample_type", oneOf: ["conv"])
+        try reader.require("upsample_type", oneOf: ["conv"])
+        _ = try reader.float("dropout")
+        try reader.require("act_fn", oneOf: ["silu", "swish"])
+        if keys["attention_head_dim"] != nil {
+            attentionHeadDim = try reader.int("attention_head_dim")
+        }
+        normNumGroups = try reader.int("norm_num_groups") ?? normNumGroups
+        attnNormNumGroups = try reader.int("attn_norm_num_groups")
+        normEps = try reader.float("norm_eps") ?? normEps
+        try reader.require("resnet_time_scale_shift", oneOf: ["default"])
+        addAttention = try reader.bool("add_attention") ?? addAttention
+        if let classEmbedType = reader.value("class_embed_type"), !(classEmbedType is NSNull) {
+            throw reader.unsupported("class_embed_type", classEmbedType)
+        }
+        numClassEmbeds = try reader.int("num_class_embeds")
+        _ = try reader.int("num_train_timesteps")
+        try reader.rejectUnknownKeys()
+        try validate(source: source)
+    }
+
+    private func validate(source: String) throws {
+        let levels = blockOutChannels.count
+        guard levels > 0, downBlockTypes.count == levels, upBlockTypes.count == levels else {
+            throw ModelError("\(source): block_out_channels, down_block_types and up_block_types must have the same length, not \(levels), \(downBlockTypes.count) and \(upBlockTypes.count)")
+        }
+        guard layersPerBlock >= 1, inChannels >= 1, outChannels >= 1, normNumGroups >= 1 else {
+            throw ModelError("\(source): layers_per_block, in_channels, out_channels and norm_num_groups must be positive")
+        }
+        if let bad = blockOutChannels.first(where: { $0 % normNumGroups != 0 }) {
+            throw ModelError("\(source): block_out_channels \(bad) is not divisible by norm_num_groups \(normNumGroups)")
+        }
+        guard (0...1).contains(downsamplePadding) else {
+            throw ModelError("\(source): downsample_padding \(downsamplePadding) is not supported (0 or 1 are)")
+        }
+        if let head = attentionHeadDim, let bad = blockOutChannels.first(where: { head <= 0 || $0 % head != 0 }) {
+            throw ModelError("\(source): attention_head_dim \(head) does not divide block_out_channels \(bad)")
+        }
+        if let groups = attnNormNumGroups, let last = blockOutChannels.last, groups <= 0 || last % groups != 0 {
+            throw ModelError("\(source): attn_norm_num_groups \(groups) does not divide \(last) channels")
+        }
+        if let classes = numClassEmbeds, classes < 1 {
+            throw ModelError("\(source): num_class_embeds must be positive, not \(classes)")
+        }
+    }
+}
+
+/// Reads typed values out of a config dictionary and remembers which keys it saw.
+struct ConfigReader {
+    let keys: [String: Any]
+    let source: String
+    private var seen: Set<String> = []
+
+    init(keys: [String: Any], source: String) {
+        self.keys = keys
+        self.source = source
+    }
+
+    /// The raw value, or nil when absent.
+    mutating func value(_ key: String) -> Any? {
+        seen.insert(key)
+        return keys[key]
+    }
+
+    func unsupported(_ key: String, _ value: Any) -> ModelError {
+        ModelError("\(source): \(key) = \(Self.render(value)) is not supported by this runtime")
+    }
+
+    mutating func int(_ key: String) throws -> Int? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
+        guard let number = raw as? NSNumber, !Self.isBool(number), number.doubleValue == Double(number.intValue) else {
+            throw ModelError("\(source): \(key) must be an integer, not \(Self.render(raw))")
+        }
+        return number.intValue
+    }
+
+    mutating func float(_ key: String) throws -> Float? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
+        guard let number = raw as? NSNumber, !Self.isBool(number) else {
+            throw ModelError("\(source): \(key) must be a number, not \(Self.render(raw))")
+        }
+        return number.floatValue
+    }
+
+    mutating func bool(_ key: String) throws -> Bool? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
+        guard let number = raw as? NSNumber, Self.isBool(number) else {
+            throw ModelError("\(source): \(key) must be true or false, not \(Self.render(raw))")
+        }
+        return number.boolValue
+    }
+
+    mutating func ints(_ key: String) throws -> [Int]? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
+        guard let list = raw as? [NSNumber], list.allSatisfy({ !Self.isBool($0) && $0.intValue > 0 }) else {
+            throw ModelError("\(source): \(key) must be a list of positive integers, not \(Self.render(raw))")
+        }
+        return list.map(\.intValue)
+    }
+
+    mutating func strings(_ key: String) throws -> [String]? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
+        guard let list = raw as? [String] else {
+            throw ModelError("\(source): \(key) must be a list of strings, not \(Self.render(raw))")
+        }
+        return list
+    }
+
+    /// Accepts `key` when absent or equal to one of `allowed`.
+    mutating func require(_ key: String, oneOf allowed: [String]) throws {
+        guard let raw = value(key), !(raw is NSNull) else { return }
+        guard let text = raw as? String, allowed.contains(text) else { throw unsupported(key, raw) }
+    }
+
+    func rejectUnknownKeys() throws {
+        if let unknown = keys.keys.sorted().first(where: { !$0.hasPrefix("_") && !seen.contains($0) }) {
+            throw ModelError("\(source): unknown key \(unknown) = \(Self.render(keys[unknown]!)); this runtime cannot honour it")
+        }
+    }
+
+    /// JSONSerialization returns `true` and `false` as NSNumbers of C type `char`.
+    private static func isBool(_ number: NSNumber) -> Bool {
+        String(cString: number.objCType) == "c"
+    }
+
+    static func render(_ value: Any) -> String {
+        if value is NSNull { return "null" }
+        if let text = value as? String { return "\"\(text)\"" }
+        if let data = try? JSONSerialization.data(withJSONObject: value, options: [.fragmentsAllowed, .sortedKeys]),
+           let text = String(data: data, encoding: .utf8)
+        { return text }
+        return "\(value)"
+    }
+}

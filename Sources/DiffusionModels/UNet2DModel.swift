@@ -1,0 +1,151 @@
+import DiffusionKernels
+import Foundation
+
+/// diffusers' `UNet2DModel` on the shared kernel runtime.
+///
+/// Built from a diffusers config and safetensors weights; the forward pass maps a
+/// noisy sample `[batch, in, h, w]`, one timestep per image and (for class-conditional
+/// models) one class label per image to the model output `[batch, out, h, w]`.
+/// Every image is computed independently of the others in its batch.
+public final class UNet2DModel: Sendable {
+    public let config: UNet2DConfig
+    let convIn: Conv2DLayer
+    let timeLinear1: LinearLayer
+    let timeLinear2: LinearLayer
+    let classEmbedding: Tensor?
+    let downBlocks: [DownBlock]
+    let midBlock: MidBlock?
+    let upBlocks: [UpBlock]
+    let normOut: GroupNormLayer
+    let convOut: Conv2DLayer
+
+    /// Loads weights named as diffusers saves them; every tensor must match the config.
+    public init(config: UNet2DConfig, weights: any WeightSource) throws {
+        self.config = config
+        var w = WeightReader(source: weights)
+        let channels = config.blockOutChannels
+        let (groups, eps) = (config.normNumGroups, config.normEps)
+        let timeDim = config.timeEmbedDim
+        convIn = try w.conv("conv_in", in: config.inChannels, out: channels[0], kernel: 3, padding: .uniform(1))
+        timeLinear1 = try w.linear("time_embedding.linear_1", in: channels[0], out: timeDim)
+        timeLinear2 = try w.linear("time_embedding.linear_2", in: timeDim, out: timeDim)
+        classEmbedding = try config.numClassEmbeds.map {
+            try w.tensor("class_embedding.weight", shape: [$0, timeDim])
+        }
+        func attention(_ prefix: String, _ channels: Int, groups: Int, rescale: Float = 1) throws -> AttentionLayer {
+            try w.attention(prefix, channels: channels, headDim: config.attentionHeadDim ?? channels, groups: groups,
+                            epsilon: eps, rescaleOutputFactor: rescale)
+        }
+
+        var down: [DownBlock] = []
+        for (level, type) in config.downBlockTypes.enumerated() {
+            let prefix = "down_blocks.\(level)"
+            let out = channels[level]
+            var resnets: [ResnetBlock] = []
+            var attentions: [AttentionLayer] = []
+            for layer in 0..<config.layersPerBlock {
+                let inChannels = layer == 0 ? channels[max(level - 1, 0)] : out
+                resnets.append(try ResnetBlock(&w, "\(prefix).resnets.\(layer)", in: inChannels, out: out, config: config))
+                if type == .attention { attentions.append(try attention("\(prefix).attentions.\(layer)", out, groups: groups)) }
+            }
+            let isLast = level == channels.count - 1
+            let pad = config.downsamplePadding == 1
+                ? Padding.uniform(1) : Padding(top: 0, left: 0, bottom: 1, right: 1)
+            let downsample = isLast
+                ? nil : try w.conv("\(prefix).downsamplers.0.conv", in: out, out: out, kernel: 3, stride: 2, padding: pad)
+            down.append(DownBlock(resnets: resnets, attentions: attentions, downsample: downsample))
+        }
+        downBlocks = down
+
+        if config.hasMidBlock {
+            let c = channels[channels.count - 1]
+            let scale = config.midBlockScaleFactor
+            midBlock = MidBlock(
+                first: try ResnetBlock(&w, "mid_block.resnets.0", in: c, out: c, config: config, outputScale: scale),
+                attention: config.addAttention
+                    ? try attention("mid_block.attentions.0", c, groups: config.attnNormNumGroups ?? groups, rescale: scale)
+                    : nil,
+                second: try ResnetBlock(&w, "mid_block.resnets.1", in: c, out: c, config: config, outputScale: scale))
+        } else {
+            midBlock = nil
+        }
+
+        let reversed = Array(channels.reversed())
+        var up: [UpBlock] = []
+        for (level, type) in config.upBlockTypes.enumerated() {
+            let prefix = "up_blocks.\(level)"
+            let out = reversed[level]
+            let previous = reversed[max(level - 1, 0)]
+            let skipIn = reversed[min(level + 1, channels.count - 1)]
+            var resnets: [ResnetBlock] = []
+            var attentions: [AttentionLayer] = []
+            let layers = config.layersPerBlock + 1
+            for layer in 0..<layers {
+                let skip = layer == layers - 1 ? skipIn : out
+                let inChannels = (layer == 0 ? previous : out) + skip
+                resnets.append(try ResnetBlock(&w, "\(prefix).resnets.\(layer)", in: inChannels, out: out, config: config))
+                if type == .attention { attentions.append(try attention("\(prefix).attentions.\(layer)", out, groups: groups)) }
+            }
+            let isLast = level == channels.count - 1
+            let upsample = isLast
+                ? nil : try w.conv("\(prefix).upsamplers.0.conv", in: out, out: out, kernel: 3, padding: .uniform(1))
+            up.append(UpBlock(resnets: resnets, attentions: attentions, upsample: upsample))
+        }
+        upBlocks = up
+
+        normOut = try w.groupNorm("conv_norm_out", channels: channels[0], groups: groups, epsilon: eps)
+        convOut = try w.conv("conv_out", in: channels[0], out: config.outChannels, kernel: 3, padding: .uniform(1))
+        try w.rejectUnused()
+    }
+
+    /// The model output for `sample` at `timesteps` (one per image).
+    ///
+    /// `classLabels` (one per image) are required exactly when the model is
+    /// class-conditional (`num_class_embeds`).
+    public func forward(_ sample: Tensor, timesteps: [Float], classLabels: [Int]? = nil, on k: KernelRuntime) throws
+        -> Tensor
+    {
+        let batch = sample.shape.first ?? 0
+        guard sample.shape.count == 4, sample.shape[1] == config.inChannels, batch > 0 else {
+            throw ModelError("the model takes samples [batch, \(config.inChannels), height, width], not \(sample.shape)")
+        }
+        let factor = 1 << (config.blockOutChannels.count - 1)
+        guard sample.shape[2] % factor == 0, sample.shape[3] % factor == 0 else {
+            throw ModelError("image size \(sample.shape[2])x\(sample.shape[3]) must be a multiple of \(factor) for this model")
+        }
+        guard timesteps.count == batch else {
+            throw ModelError("\(timesteps.count) timesteps for a batch of \(batch)")
+        }
+
+        var time = k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0],
+                                       flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
+        time = k.linear(k.linear(time, timeLinear1), timeLinear2, siluInput: true)
+        switch (classEmbedding, classLabels) {
+        case let (table?, labels?):
+            guard labels.count == batch else { throw ModelError("\(labels.count) class labels for a batch of \(batch)") }
+            if let bad = labels.first(where: { !(0..<table.shape[0]).contains($0) }) {
+                throw ModelError("class label \(bad) outside 0..<\(table.shape[0])")
+            }
+            time = k.add(time, k.embeddingLookup(table, indices: labels))
+        case (_?, nil):
+            throw ModelError("this model is class-conditional: give a class label per image")
+        case (nil, _?):
+            throw ModelError("this model is not class-conditional: it takes no class labels")
+        case (nil, nil):
+            break
+        }
+        let activatedTime = k.silu(time)
+
+        var h = config.centerInputSample ? k.affine(sample, scale: 2, shift: -1) : sample
+        h = k.conv2d(h, convIn)
+        var skips = [h]
+        for block in downBlocks {
+            let (output, blockSkips) = block(h, activatedTime: activatedTime, on: k)
+            h = output
+            skips += blockSkips
+        }
+        if let midBlock { h = midBlock(h, activatedTime: activatedTime, on: k) }
+        for block in upBlocks { h = block(h, skips: &skips, activatedTime: activatedTime, on: k) }
+        return k.conv2d(k.groupNorm(h, normOut, silu: true), convOut)
+    }
+}

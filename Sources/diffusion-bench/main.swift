@@ -1,0 +1,12 @@
+// diffusion-bench: times the U-Net forward of the google/ddpm-cifar10-32
+// architecture on the kernel runtime and, when a Python with torch and diffusers
+// is at hand, the same model in PyTorch in the same run. Each measurement runs in
+// a child process of its own, so that its peak RSS is its own.
+import Foundation
+
+let options = BenchOptions.parse(CommandLine.arguments.dropFirst())
+if let batch = options.measureBatch {
+    print(try measureKernelRuntime(batch: batch, options: options).json)
+} else {
+    runComparison(options)
+}
