@@ -71,8 +71,7 @@ extension KernelRuntime {
 func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
     var peak = -Float.infinity
     for i in 0..<count { peak = max(peak, row[i]) }
-    let shift = Float16x(repeating: peak)
-    VectorMath.map(row, row, count: count) { VectorMath.exp($0 - shift) }
-    let inverse = Float16x(repeating: Float(1 / VectorMath.sum(row, count: count) { $0 }))
+    VectorMath.map(row, row, count: count) { VectorMath.exp($0 - peak) }
+    let inverse = Float(1 / VectorMath.sum(row, count: count) { $0 })
     VectorMath.map(row, row, count: count) { $0 * inverse }
 }

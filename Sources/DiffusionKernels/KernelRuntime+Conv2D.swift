@@ -30,6 +30,9 @@ extension KernelRuntime {
                      "convolution of \(layer.inChannels) channels applied to \(input.shape)")
         let batch = input.shape[0]
         let scale = upsampleInput ? 2 : 1
+        if Winograd.applies(to: layer, height: input.shape[2] * scale, width: input.shape[3] * scale) {
+            return winogradConv2d(input, layer, upsampleInput: upsampleInput, epilogue: epilogue)
+        }
         let geometry = ConvGeometry(
             inChannels: layer.inChannels, inHeight: input.shape[2] * scale, inWidth: input.shape[3] * scale,
             kernelHeight: layer.kernelHeight, kernelWidth: layer.kernelWidth, stride: layer.stride,
@@ -80,48 +83,22 @@ extension KernelRuntime {
         _ epilogue: ConvEpilogue, layer: Conv2DLayer, image: Int, rows: Range<Int>, columns: Range<Int>,
         pixels: Int, output: UnsafeMutablePointer<Float>, residual: UnsafeMutablePointer<Float>?
     ) {
-        let divide = epilogue.outputScale != 1
-        let scale = Float16x(repeating: epilogue.outputScale)
+        let scale = epilogue.outputScale
         for (offset, row) in rows.enumerated() {
             var add = layer.bias?.data[row] ?? 0
             if let channelBias = epilogue.channelBias { add += channelBias.data[image * layer.outChannels + row] }
             let line = output + offset * pixels
-            let shift = Float16x(repeating: add)
             if let residual {
-                let skip = UnsafePointer(residual + offset * pixels)
-                var i = 0
-                while i < columns.count {
-                    let n = min(16, columns.count - i)
-                    var y = load(line + i, n) + shift
-                    y = load(skip + i, n) + y
-                    if divide { y = y / scale }
-                    store(y, line + i, n)
-                    i += n
+                let skip = residual + offset * pixels
+                if scale == 1 {
+                    for i in 0..<columns.count { line[i] = skip[i] + (line[i] + add) }
+                } else {
+                    for i in 0..<columns.count { line[i] = (skip[i] + (line[i] + add)) / scale }
                 }
             } else if add != 0 {
-                VectorMath.map(line, line, count: columns.count) { $0 + shift }
+                for i in 0..<columns.count { line[i] += add }
             }
         }
-    }
-}
-
-@inline(__always)
-func load(_ pointer: UnsafePointer<Float>, _ count: Int) -> Float16x {
-    if count == 16 { return UnsafeRawPointer(pointer).loadUnaligned(as: Float16x.self) }
-    var v = Float16x()
-    for i in 0..<count { v[i] = pointer[i] }
-    return v
-}
-
-@inline(__always)
-func load(_ pointer: UnsafeMutablePointer<Float>, _ count: Int) -> Float16x { load(UnsafePointer(pointer), count) }
-
-@inline(__always)
-func store(_ v: Float16x, _ pointer: UnsafeMutablePointer<Float>, _ count: Int) {
-    if count == 16 {
-        UnsafeMutableRawPointer(pointer).storeBytes(of: v, as: Float16x.self)
-    } else {
-        for i in 0..<count { pointer[i] = v[i] }
     }
 }
 

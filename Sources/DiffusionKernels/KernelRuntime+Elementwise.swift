@@ -9,8 +9,7 @@ extension KernelRuntime {
     /// `a·x + b` elementwise (diffusers' `center_input_sample` is `2x - 1`).
     public func affine(_ input: Tensor, scale: Float, shift: Float) -> Tensor {
         let output = Tensor(uninitialized: input.shape)
-        let a = Float16x(repeating: scale), b = Float16x(repeating: shift)
-        VectorMath.map(input.data, output.data, count: input.count) { b.addingProduct($0, a) }
+        VectorMath.map(input.data, output.data, count: input.count) { shift.addingProduct($0, scale) }
         return output
     }
 

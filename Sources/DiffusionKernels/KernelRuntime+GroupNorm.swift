@@ -23,15 +23,15 @@ extension KernelRuntime {
                 // y = (x - mean) * gain + bias, the mean split into two floats: x - high is
                 // exact for x near the mean, so large offsets cost no precision.
                 let high = Float(mean)
-                let center = Float16x(repeating: high), centerLow = Float16x(repeating: Float(mean - Double(high)))
-                let gain = Float16x(repeating: Float(Double(layer.weight.data[channel]) * inverseDeviation))
-                let shift = Float16x(repeating: layer.bias.data[channel])
+                let low = Float(mean - Double(high))
+                let gain = Float(Double(layer.weight.data[channel]) * inverseDeviation)
+                let shift = layer.bias.data[channel]
                 let line = source + c * plane
                 let out = output.data + offset + c * plane
                 if silu {
-                    VectorMath.map(line, out, count: plane) { VectorMath.silu(shift.addingProduct($0 - center - centerLow, gain)) }
+                    VectorMath.map(line, out, count: plane) { VectorMath.silu(shift.addingProduct($0 - high - low, gain)) }
                 } else {
-                    VectorMath.map(line, out, count: plane) { shift.addingProduct($0 - center - centerLow, gain) }
+                    VectorMath.map(line, out, count: plane) { shift.addingProduct($0 - high - low, gain) }
                 }
             }
         }

@@ -10,7 +10,10 @@ import Testing
         (3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), false, 8),
         (1, 1, .uniform(0), false, 12),
         (3, 1, .uniform(1), true, 6),
+        // Large enough for Winograd: plain, odd-sized, and with the fused upsample.
         (3, 1, .uniform(1), false, 24),
+        (3, 1, .uniform(1), false, 17),
+        (3, 1, .uniform(1), true, 9),
     ]
 
     @Test(arguments: shapes.indices)

@@ -1,0 +1,168 @@
+import COpenBLAS
+
+/// 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3)
+/// (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", 2016).
+///
+/// Each 2x2 output tile is Aᵀ[(G g Gᵀ) ⊙ (Bᵀ d B)]A for the 4x4 input tile d that
+/// covers it, so the products become 16 GEMMs `[out, in] x [in, tiles]`, one per
+/// position of the 4x4 transformed tile, with 2.25x fewer multiplications than
+/// im2col. The transforms use only ±1 and ½, and cost few rounding errors.
+///
+/// The work is cut by shape only, as everywhere: one task per (image, channel)
+/// for the transforms and one per (image, position) for the GEMMs.
+enum Winograd {
+    /// Whether a convolution takes this path: 3x3, stride 1, padding 1, and an
+    /// image large enough for the tile GEMMs to be efficient.
+    static func applies(to layer: Conv2DLayer, height: Int, width: Int) -> Bool {
+        layer.winogradWeight != nil && layer.padding == .uniform(1) && height * width >= 256
+    }
+
+    /// G g Gᵀ for every (out, in) filter, stored as 16 matrices `[out, in]`.
+    static func transformWeights(_ weight: Tensor) -> Tensor {
+        let (outChannels, inChannels) = (weight.shape[0], weight.shape[1])
+        let pairs = outChannels * inChannels
+        let result = Tensor(uninitialized: [16, outChannels, inChannels])
+        for pair in 0..<pairs {
+            let g = weight.data + pair * 9
+            // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 of the 3x3 filter.
+            var rows = [Float](repeating: 0, count: 12)
+            for column in 0..<3 {
+                let (a, b, c) = (g[column], g[3 + column], g[6 + column])
+                rows[column] = a
+                rows[3 + column] = (a + b + c) / 2
+                rows[6 + column] = (a - b + c) / 2
+                rows[9 + column] = c
+            }
+            // (G g) Gᵀ: the same combination along each row.
+            for row in 0..<4 {
+                let (a, b, c) = (rows[3 * row], rows[3 * row + 1], rows[3 * row + 2])
+                let values = [a, (a + b + c) / 2, (a - b + c) / 2, c]
+                for column in 0..<4 { result.data[(row * 4 + column) * pairs + pair] = values[column] }
+            }
+        }
+        return result
+    }
+}
+
+extension KernelRuntime {
+    func winogradConv2d(
+        _ input: Tensor, _ layer: Conv2DLayer, upsampleInput: Bool, epilogue: ConvEpilogue
+    ) -> Tensor {
+        let batch = input.shape[0]
+        let (storedHeight, storedWidth) = (input.shape[2], input.shape[3])
+        let scale = upsampleInput ? 2 : 1
+        let (height, width) = (storedHeight * scale, storedWidth * scale)
+        let (inChannels, outChannels) = (layer.inChannels, layer.outChannels)
+        let (tilesY, tilesX) = ((height + 1) / 2, (width + 1) / 2)
+        let tiles = tilesY * tilesX
+        let transformed = Tensor(uninitialized: [batch, 16, inChannels, tiles])
+        let products = Tensor(uninitialized: [batch, 16, outChannels, tiles])
+        let output = Tensor(uninitialized: [batch, outChannels, height, width])
+        // Counted as the direct convolution it replaces, as benchmarks compare.
+        countProduct(batch * outChannels, height * width, 9 * inChannels)
+
+        // 1. V = Bᵀ d B for every 4x4 input tile d (rows 2ty-1 ... 2ty+2, zero outside).
+        // Per tile row: Bᵀ combines four padded input rows with whole-row vector ops,
+        // then B combines columns 2tx-1 ... 2tx+2 of those into 16 rows of tiles.
+        let padded = 2 * tilesX + 2
+        pool.parallelFor(batch * inChannels) { task, worker in
+            let (image, channel) = (task / inChannels, task % inChannels)
+            let plane = input.data + (image * inChannels + channel) * storedHeight * storedWidth
+            let destination = transformed.data + (image * 16 * inChannels + channel) * tiles
+            let stride = inChannels * tiles
+            let buffer = scratch(worker: worker, count: 8 * padded)
+            let rows = buffer, combined = buffer + 4 * padded
+            for ty in 0..<tilesY {
+                for r in 0..<4 {
+                    let row = rows + r * padded
+                    row.initialize(repeating: 0, count: padded)
+                    let y = 2 * ty - 1 + r
+                    guard y >= 0 && y < height else { continue }
+                    let source = plane + (y / scale) * storedWidth
+                    if scale == 1 {
+                        (row + 1).update(from: source, count: width)
+                    } else {
+                        for x in 0..<width { row[1 + x] = source[x / 2] }
+                    }
+                }
+                let (d0, d1, d2, d3) = (rows, rows + padded, rows + 2 * padded, rows + 3 * padded)
+                let (t0, t1, t2, t3) = (combined, combined + padded, combined + 2 * padded, combined + 3 * padded)
+                for x in 0..<padded {
+                    t0[x] = d0[x] - d2[x]
+                    t1[x] = d1[x] + d2[x]
+                    t2[x] = d2[x] - d1[x]
+                    t3[x] = d1[x] - d3[x]
+                }
+                for r in 0..<4 {
+                    let t = combined + r * padded
+                    let out = destination + 4 * r * stride + ty * tilesX
+                    for tx in 0..<tilesX {
+                        let (a, b, c, d) = (t[2 * tx], t[2 * tx + 1], t[2 * tx + 2], t[2 * tx + 3])
+                        out[tx] = a - c
+                        out[stride + tx] = b + c
+                        out[2 * stride + tx] = c - b
+                        out[3 * stride + tx] = b - d
+                    }
+                }
+            }
+        }
+
+        // 2. M_ξ = U_ξ V_ξ for each of the 16 positions ξ.
+        let weights = layer.winogradWeight!
+        pool.parallelFor(batch * 16) { task, _ in
+            let (image, position) = (task / 16, task % 16)
+            cblas_sgemm(
+                CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(outChannels), Int32(tiles), Int32(inChannels), 1,
+                weights.data + position * outChannels * inChannels, Int32(inChannels),
+                transformed.data + (image * 16 + position) * inChannels * tiles, Int32(tiles), 0,
+                products.data + (image * 16 + position) * outChannels * tiles, Int32(tiles))
+        }
+
+        // 3. Y = Aᵀ M A per tile row: Aᵀ combines the 16 rows of tiles into 8 with
+        // vector ops (m0 + m1 + m2, m1 - m2 - m3), A then yields two output rows,
+        // and the epilogue runs as they are copied out.
+        let divisor = epilogue.outputScale
+        pool.parallelFor(batch * outChannels) { task, worker in
+            let (image, channel) = (task / outChannels, task % outChannels)
+            let source = products.data + (image * 16 * outChannels + channel) * tiles
+            let stride = outChannels * tiles
+            var add = layer.bias?.data[channel] ?? 0
+            if let channelBias = epilogue.channelBias { add += channelBias.data[image * outChannels + channel] }
+            let offset = (image * outChannels + channel) * height * width
+            let out = output.data + offset
+            let skip = epilogue.residual.map { $0.data + offset }
+            let buffer = scratch(worker: worker, count: 8 * tilesX + 2 * 2 * tilesX)
+            let lines = buffer + 8 * tilesX
+            for ty in 0..<tilesY {
+                let m = source + ty * tilesX
+                for j in 0..<4 {
+                    let (m0, m1, m2, m3) = (m + j * stride, m + (4 + j) * stride, m + (8 + j) * stride, m + (12 + j) * stride)
+                    let (s0, s1) = (buffer + j * tilesX, buffer + (4 + j) * tilesX)
+                    for tx in 0..<tilesX {
+                        s0[tx] = m0[tx] + m1[tx] + m2[tx]
+                        s1[tx] = m1[tx] - m2[tx] - m3[tx]
+                    }
+                }
+                for r in 0..<2 {
+                    let s = buffer + 4 * r * tilesX
+                    let (a, b, c, d) = (s, s + tilesX, s + 2 * tilesX, s + 3 * tilesX)
+                    let line = lines + r * 2 * tilesX
+                    for tx in 0..<tilesX {
+                        line[2 * tx] = a[tx] + b[tx] + c[tx]
+                        line[2 * tx + 1] = b[tx] - c[tx] - d[tx]
+                    }
+                    let y = 2 * ty + r
+                    guard y < height else { continue }
+                    let target = out + y * width
+                    if let skip {
+                        let residual = skip + y * width
+                        for x in 0..<width { target[x] = (residual[x] + (line[x] + add)) / divisor }
+                    } else {
+                        for x in 0..<width { target[x] = line[x] + add }
+                    }
+                }
+            }
+        }
+        return output
+    }
+}
