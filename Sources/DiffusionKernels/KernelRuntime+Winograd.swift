@@ -55,8 +55,8 @@ extension KernelRuntime {
         let (inChannels, outChannels) = (layer.inChannels, layer.outChannels)
         let (tilesY, tilesX) = ((height + 1) / 2, (width + 1) / 2)
         let tiles = tilesY * tilesX
-        let transformed = Tensor(uninitialized: [batch, 16, inChannels, tiles])
-        let products = Tensor(uninitialized: [batch, 16, outChannels, tiles])
+        let transformed = workspace(0, count: batch * 16 * inChannels * tiles)
+        let products = workspace(1, count: batch * 16 * outChannels * tiles)
         let output = Tensor(uninitialized: [batch, outChannels, height, width])
         // Counted as the direct convolution it replaces, as benchmarks compare.
         countProduct(batch * outChannels, height * width, 9 * inChannels)
@@ -68,22 +68,26 @@ extension KernelRuntime {
         pool.parallelFor(batch * inChannels) { task, worker in
             let (image, channel) = (task / inChannels, task % inChannels)
             let plane = input.data + (image * inChannels + channel) * storedHeight * storedWidth
-            let destination = transformed.data + (image * 16 * inChannels + channel) * tiles
+            let destination = transformed + (image * 16 * inChannels + channel) * tiles
             let stride = inChannels * tiles
             let buffer = scratch(worker: worker, count: 8 * padded)
             let rows = buffer, combined = buffer + 4 * padded
             for ty in 0..<tilesY {
                 for r in 0..<4 {
                     let row = rows + r * padded
-                    row.initialize(repeating: 0, count: padded)
                     let y = 2 * ty - 1 + r
-                    guard y >= 0 && y < height else { continue }
+                    guard y >= 0 && y < height else {
+                        row.initialize(repeating: 0, count: padded)
+                        continue
+                    }
                     let source = plane + (y / scale) * storedWidth
+                    row[0] = 0
                     if scale == 1 {
                         (row + 1).update(from: source, count: width)
                     } else {
-                        for x in 0..<width { row[1 + x] = source[x / 2] }
+                        for x in 0..<width { row[1 &+ x] = source[x &>> 1] }
                     }
+                    for x in (width + 1)..<padded { row[x] = 0 }
                 }
                 let (d0, d1, d2, d3) = (rows, rows + padded, rows + 2 * padded, rows + 3 * padded)
                 let (t0, t1, t2, t3) = (combined, combined + padded, combined + 2 * padded, combined + 3 * padded)
@@ -96,12 +100,15 @@ extension KernelRuntime {
                 for r in 0..<4 {
                     let t = combined + r * padded
                     let out = destination + 4 * r * stride + ty * tilesX
+                    let (out1, out2, out3) = (out + stride, out + 2 * stride, out + 3 * stride)
+                    // Wrapping index arithmetic: overflow checks would stop vectorization.
                     for tx in 0..<tilesX {
-                        let (a, b, c, d) = (t[2 * tx], t[2 * tx + 1], t[2 * tx + 2], t[2 * tx + 3])
+                        let x = 2 &* tx
+                        let (a, b, c, d) = (t[x], t[x &+ 1], t[x &+ 2], t[x &+ 3])
                         out[tx] = a - c
-                        out[stride + tx] = b + c
-                        out[2 * stride + tx] = c - b
-                        out[3 * stride + tx] = b - d
+                        out1[tx] = b + c
+                        out2[tx] = c - b
+                        out3[tx] = b - d
                     }
                 }
             }
@@ -114,8 +121,8 @@ extension KernelRuntime {
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(outChannels), Int32(tiles), Int32(inChannels), 1,
                 weights.data + position * outChannels * inChannels, Int32(inChannels),
-                transformed.data + (image * 16 + position) * inChannels * tiles, Int32(tiles), 0,
-                products.data + (image * 16 + position) * outChannels * tiles, Int32(tiles))
+                transformed + (image * 16 + position) * inChannels * tiles, Int32(tiles), 0,
+                products + (image * 16 + position) * outChannels * tiles, Int32(tiles))
         }
 
         // 3. Y = Aᵀ M A per tile row: Aᵀ combines the 16 rows of tiles into 8 with
@@ -124,7 +131,7 @@ extension KernelRuntime {
         let divisor = epilogue.outputScale
         pool.parallelFor(batch * outChannels) { task, worker in
             let (image, channel) = (task / outChannels, task % outChannels)
-            let source = products.data + (image * 16 * outChannels + channel) * tiles
+            let source = products + (image * 16 * outChannels + channel) * tiles
             let stride = outChannels * tiles
             var add = layer.bias?.data[channel] ?? 0
             if let channelBias = epilogue.channelBias { add += channelBias.data[image * outChannels + channel] }
@@ -148,8 +155,8 @@ extension KernelRuntime {
                     let (a, b, c, d) = (s, s + tilesX, s + 2 * tilesX, s + 3 * tilesX)
                     let line = lines + r * 2 * tilesX
                     for tx in 0..<tilesX {
-                        line[2 * tx] = a[tx] + b[tx] + c[tx]
-                        line[2 * tx + 1] = b[tx] - c[tx] - d[tx]
+                        line[2 &* tx] = a[tx] + b[tx] + c[tx]
+                        line[2 &* tx &+ 1] = b[tx] - c[tx] - d[tx]
                     }
                     let y = 2 * ty + r
                     guard y < height else { continue }

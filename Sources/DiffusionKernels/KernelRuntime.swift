@@ -9,6 +9,8 @@ import Synchronization
 public final class KernelRuntime: @unchecked Sendable {
     public let pool: ThreadPool
     private let scratch: [ScratchBuffer]
+    /// Whole-op temporaries (Winograd's transformed tiles), reused across calls.
+    private let workspace = [ScratchBuffer(), ScratchBuffer()]
     private let flops = Atomic<Int>(0)
 
     public init(threadCount: Int) {
@@ -24,6 +26,12 @@ public final class KernelRuntime: @unchecked Sendable {
 
     func countProduct(_ m: Int, _ n: Int, _ k: Int) {
         flops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
+    }
+
+    /// Temporary `slot` (0 or 1) of at least `count` floats, for one op at a time;
+    /// reusing it spares the page faults of fresh allocations on every call.
+    func workspace(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
+        workspace[slot].reserve(count)
     }
 
     /// Worker `worker`'s scratch memory of at least `count` floats; valid until its next call.
