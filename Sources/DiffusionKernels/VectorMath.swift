@@ -1,7 +1,5 @@
 /// Elementwise math shared by the ops, written so that the compiler vectorizes
 /// the loops around it (AVX-512 with `-target-cpu native`).
-typealias Float16x = SIMD16<Float>
-
 enum VectorMath {
     /// e^x to about 2 ulp: range reduction by ln 2 and a degree-6 polynomial.
     ///
@@ -46,7 +44,7 @@ enum VectorMath {
         var low = SIMD8<Double>(), high = SIMD8<Double>()
         var i = 0
         while i + 16 <= count {
-            let v = UnsafeRawPointer(source + i).loadUnaligned(as: Float16x.self)
+            let v = UnsafeRawPointer(source + i).loadUnaligned(as: SIMD16<Float>.self)
             low += term(SIMD8<Double>(v.lowHalf))
             high += term(SIMD8<Double>(v.highHalf))
             i += 16
