@@ -12,6 +12,11 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "diffusion-bench", targets: ["diffusion-bench"]),
+        // Plugins: libdiffusion-plugin-NAME.so, loaded by the host with dlopen.
+        .library(name: "diffusion-plugin-schedules", type: .dynamic, targets: ["SchedulesPlugin"]),
+        .library(name: "diffusion-plugin-sigmoid-schedule", type: .dynamic, targets: ["SigmoidSchedulePlugin"]),
+        .library(name: "diffusion-plugin-ddpm", type: .dynamic, targets: ["DDPMPlugin"]),
+        .library(name: "diffusion-plugin-ddim", type: .dynamic, targets: ["DDIMPlugin"]),
     ],
     targets: [
         // C libraries, each behind a module map (system libraries) or a small shim.
@@ -20,14 +25,28 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CPNG", linkerSettings: [.linkedLibrary("png16")]),
 
+        // The plugin contract: one C header, and helpers for plugins written in Swift.
+        .systemLibrary(name: "DiffusionPluginABI"),
+        .target(name: "DiffusionPluginKit", dependencies: ["DiffusionPluginABI"]),
+        .target(name: "SchedulesPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/schedules"),
+        .target(name: "SigmoidSchedulePlugin", dependencies: ["DiffusionPluginABI"], path: "Plugins/sigmoid-schedule",
+                publicHeadersPath: ".", cSettings: [.headerSearchPath("../../Sources/DiffusionPluginABI")]),
+        .target(name: "DDPMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddpm"),
+        .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim"),
+
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
         .target(name: "DiffusionKernels", dependencies: ["COpenBLAS"], swiftSettings: nativeCode),
         // Models on top of the kernels: UNet2DModel and model-directory loading.
         .target(name: "DiffusionModels", dependencies: ["DiffusionKernels"], swiftSettings: nativeCode),
 
+        // The render layer: plugin host and loader (the pipeline grows here).
+        .target(name: "DiffusionRender", dependencies: ["DiffusionModels", "DiffusionPluginABI", "CPNG"],
+                swiftSettings: nativeCode),
+
         .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionModels"], swiftSettings: nativeCode),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
+        .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DiffusionKernelsTests", dependencies: ["DiffusionKernels"]),
         .testTarget(
             name: "DiffusionModelsTests", dependencies: ["DiffusionModels"],

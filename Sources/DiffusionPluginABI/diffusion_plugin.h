@@ -1,0 +1,163 @@
+/*
+ * diffusion_plugin.h: the whole contract between diffusiond and its plugins.
+ *
+ * A plugin is a shared library named libdiffusion-plugin-NAME.so that exports
+ * one symbol, `diffusion_plugin_init`. The host calls it once with its table of
+ * functions (dfn_host) and the plugin returns a descriptor (dfn_plugin) listing
+ * the components it provides: noise schedules, samplers, and (from a later
+ * minor version) guidance methods. A plugin includes only this header; it links
+ * neither the kernel runtime nor the daemon, so it may be written in C.
+ *
+ * Rules, in the manner of SQLite's sqlite3ext.h:
+ *  - Every struct starts with `abi_version` and `size`; structs only ever grow
+ *    at the end, so a newer reader of an older struct checks `size` before it
+ *    touches a field added later.
+ *  - The host rejects a plugin whose ABI major differs from its own or whose
+ *    minor is newer. A plugin may refuse a host in the same way (return NULL).
+ *  - Strings and tables a plugin returns stay valid for the life of the process:
+ *    the host never calls dlclose.
+ *  - A component instance is created per job and called from one thread at a
+ *    time; different instances may run on different threads at once.
+ *  - Fallible calls return DFN_OK or DFN_ERROR; on DFN_ERROR they have written
+ *    a one-line, NUL-terminated reason into `error` (at most `error_size` bytes).
+ */
+#ifndef DIFFUSION_PLUGIN_H
+#define DIFFUSION_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define DFN_ABI_MAJOR 1
+#define DFN_ABI_MINOR 0
+#define DFN_ABI_VERSION ((uint32_t)((DFN_ABI_MAJOR << 16) | DFN_ABI_MINOR))
+#define DFN_ABI_MAJOR_OF(version) ((uint32_t)(version) >> 16)
+#define DFN_ABI_MINOR_OF(version) ((uint32_t)(version)&0xffffu)
+
+/* The symbol every plugin library exports, and its type. */
+#define DFN_PLUGIN_ENTRY "diffusion_plugin_init"
+struct dfn_host;
+struct dfn_plugin;
+typedef const struct dfn_plugin *(*dfn_plugin_init_fn)(const struct dfn_host *host);
+
+enum { DFN_OK = 0, DFN_ERROR = -1 };
+enum { DFN_LOG_DEBUG = 0, DFN_LOG_INFO = 1, DFN_LOG_WARNING = 2, DFN_LOG_ERROR = 3 };
+
+/* A component's settings (from the model's scheduler config and the job),
+ * read through the host's option_* functions. The host rejects keys no
+ * component read, so a misspelt setting is an error, never ignored. */
+typedef struct dfn_options dfn_options;
+
+/* One image's random stream (the job's generator for that image). */
+typedef struct dfn_generator dfn_generator;
+
+/* ---- What the host gives every plugin ------------------------------------ */
+
+typedef struct dfn_host {
+    uint32_t abi_version; /* DFN_ABI_VERSION of the host */
+    uint32_t size;        /* sizeof(dfn_host) as the host was built */
+
+    /* Writes one line to the host's log, attributed to `component`. */
+    void (*log)(int level, const char *component, const char *message);
+
+    /* Option lookups return 1 when the key is present with that type, 0 when it
+     * is absent (or JSON null), and -1 when it has another type (an error the
+     * host reports itself). `option_string`'s result lives as long as the options. */
+    int (*option_number)(const dfn_options *options, const char *key, double *value);
+    int (*option_bool)(const dfn_options *options, const char *key, int *value);
+    int (*option_string)(const dfn_options *options, const char *key, const char **value);
+    /* A list of numbers: returns its length (writing at most `capacity` values),
+     * 0 when absent, -1 when not a list of numbers. */
+    int64_t (*option_numbers)(const dfn_options *options, const char *key, double *values, int64_t capacity);
+
+    /* Vector arithmetic of the kernel runtime, on `count` floats. */
+    void (*axpby)(int64_t count, float a, const float *x, float b, float *y); /* y = a*x + b*y */
+    void (*clamp)(int64_t count, float low, float high, float *x);
+    /* The q-quantile of |x|, interpolated linearly as torch.quantile does. */
+    float (*abs_quantile)(int64_t count, const float *x, double q);
+
+    /* Standard normal floats from one image's generator. */
+    void (*random_normal)(dfn_generator *generator, int64_t count, float *out);
+} dfn_host;
+
+/* ---- Noise schedules ------------------------------------------------------ */
+
+/* A beta schedule (diffusers' `beta_schedule`): beta_t for t = 0 ... count-1. */
+typedef struct dfn_schedule {
+    uint32_t abi_version;
+    uint32_t size;
+    const char *name;    /* as in scheduler_config.json, e.g. "linear" */
+    const char *summary; /* one line for `diffctl plugins` */
+    /* Options it may read: beta_start, beta_end (and its own). */
+    int (*betas)(const dfn_host *host, const dfn_options *options, int32_t count, double *betas,
+                 char *error, size_t error_size);
+} dfn_schedule;
+
+/* ---- Samplers ------------------------------------------------------------- */
+
+/* The training-time noise levels a sampler works on; owned by the host and
+ * valid for the life of the sampler instance made with it. */
+typedef struct dfn_noise_levels {
+    uint32_t abi_version;
+    uint32_t size;
+    int32_t train_steps;          /* num_train_timesteps */
+    const double *betas;          /* [train_steps] */
+    const double *alphas_cumprod; /* [train_steps], the product of (1 - beta) up to t */
+} dfn_noise_levels;
+
+/* A sampler (what diffusers calls a scheduler). The host drives the loop, as
+ * diffusers pipelines do: set_timesteps once, then step for each timestep in
+ * order, evaluating the model between steps. */
+typedef struct dfn_sampler {
+    uint32_t abi_version;
+    uint32_t size;
+    const char *name;    /* e.g. "ddim" */
+    const char *summary; /* one line for `diffctl plugins` */
+
+    /* A configured instance, or NULL with a reason. */
+    void *(*create)(const dfn_host *host, const dfn_options *options, const dfn_noise_levels *levels,
+                    char *error, size_t error_size);
+    void (*destroy)(void *instance);
+
+    /* Chooses the timesteps of `steps` inference steps, in the order they are
+     * evaluated. Returns how many it wrote (at most `capacity`), or -1. */
+    int32_t (*set_timesteps)(void *instance, int32_t steps, int32_t *timesteps, int32_t capacity,
+                             char *error, size_t error_size);
+
+    /* Step `index` (into the timesteps) for `images` images of `image_size`
+     * floats each, stored one after another: reads the model's output and the
+     * current sample x_t, writes x_{t-1} into `previous` and, when not NULL, the
+     * predicted x_0 into `predicted_original`. `generators[i]` is image i's
+     * random stream. */
+    int (*step)(void *instance, int32_t index, int32_t images, int64_t image_size, const float *model_output,
+                const float *sample, float *previous, float *predicted_original, dfn_generator *const *generators,
+                char *error, size_t error_size);
+
+    /* Saves the instance's state (what set_timesteps and earlier steps left) as
+     * a blob of at most `capacity` bytes, returning its size; with `blob` NULL,
+     * returns the size needed. The blob starts with the sampler's own state
+     * version, so restore can refuse a blob it does not know. */
+    int64_t (*save_state)(void *instance, void *blob, int64_t capacity);
+    int (*restore_state)(void *instance, const void *blob, int64_t size, char *error, size_t error_size);
+} dfn_sampler;
+
+/* ---- The plugin descriptor ------------------------------------------------ */
+
+typedef struct dfn_plugin {
+    uint32_t abi_version; /* DFN_ABI_VERSION the plugin was built against */
+    uint32_t size;        /* sizeof(dfn_plugin) as the plugin was built */
+    const char *name;     /* the library's name, e.g. "schedules" */
+    const char *version;  /* the plugin's own version, for logs and checkpoints */
+    int32_t schedule_count;
+    const dfn_schedule *const *schedules;
+    int32_t sampler_count;
+    const dfn_sampler *const *samplers;
+} dfn_plugin;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

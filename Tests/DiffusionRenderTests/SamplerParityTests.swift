@@ -1,0 +1,127 @@
+import DiffusionKernels
+import DiffusionRender
+import Foundation
+import Testing
+
+/// Schedules and samplers against diffusers (tools/reference/make_sampler_fixtures.py).
+@Suite struct SamplerParityTests {
+    nonisolated(unsafe) static let fixture: [String: Any] = {
+        let data = FileManager.default.contents(atPath: "\(TestSupport.fixtures)/samplers.json")!
+        return try! JSONSerialization.jsonObject(with: data) as! [String: Any]
+    }()
+
+    static var schedules: [String: [String: Any]] { fixture["schedules"] as! [String: [String: Any]] }
+    static var cases: [[String: Any]] { fixture["cases"] as! [[String: Any]] }
+
+    func levels(_ config: [String: Any]) throws -> NoiseLevels {
+        try NoiseLevels(options: ComponentOptions(modelConfig: config, overrides: [:]), registry: TestSupport.registry)
+    }
+
+    @Test(arguments: ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
+    func schedulesMatchDiffusers(_ name: String) throws {
+        let expected = Self.schedules[name]!
+        var config = expected["options"] as! [String: Any]
+        config["beta_schedule"] = name
+        let levels = try levels(config)
+        let betas = (expected["betas"] as! [NSNumber]).map(\.doubleValue)
+        let products = (expected["alphas_cumprod"] as! [NSNumber]).map(\.doubleValue)
+        #expect(levels.trainSteps == 1000)
+        // diffusers keeps both in float32; these are double.
+        #expect(zip(levels.betas, betas).allSatisfy { abs($0 - $1) <= 2e-7 * max($1, 1e-3) + 1e-9 })
+        #expect(zip(levels.alphasCumprod, products).map { abs($0 - $1) }.max()! < 2e-6)
+    }
+
+    @Test func trainedBetasBypassTheSchedule() throws {
+        let levels = try levels(["trained_betas": [0.1, 0.2, 0.5], "beta_schedule": "no such schedule"])
+        #expect(levels.betas == [0.1, 0.2, 0.5])
+        #expect(abs(levels.alphasCumprod[2] - 0.9 * 0.8 * 0.5) < 1e-15)
+        #expect(throws: RenderError("beta_schedule \"cosine\" is not provided by any plugin (available: linear, scaled_linear, sigmoid, squaredcos_cap_v2)")) {
+            try self.levels(["beta_schedule": "cosine"])
+        }
+    }
+
+    @Test func timestepSpacingsMatchDiffusers() throws {
+        let levels = try levels([:])
+        for entry in Self.fixture["spacings"] as! [[String: Any]] {
+            let options = entry["options"] as! [String: Any]
+            for name in ["ddim", "ddpm"] {
+                let sampler = try Sampler(name: name, registry: TestSupport.registry,
+                                          options: ComponentOptions(modelConfig: options, overrides: [:]), levels: levels)
+                let steps = entry["steps"] as! Int
+                let expected = (entry["timesteps"] as! [NSNumber]).map(\.int32Value)
+                if expected.contains(where: { $0 >= 1000 }) {
+                    // diffusers picks timestep 1000 here and fails later, indexing past its schedule.
+                    #expect(throws: RenderError("sampler \(name): timestep 1000 falls outside 0..<1000 (check steps_offset)")) {
+                        try sampler.setTimesteps(steps)
+                    }
+                } else {
+                    #expect(try sampler.setTimesteps(steps) == expected, "\(name) \(options) \(steps) steps")
+                }
+            }
+        }
+    }
+
+    @Test(arguments: cases.indices)
+    func trajectoriesMatchDiffusers(_ index: Int) throws {
+        let c = Self.cases[index]
+        let config = c["config"] as! [String: Any]
+        let shape = c["shape"] as! [Int]
+        let seeds = (c["seeds"] as! [NSNumber]).map(\.uint64Value)
+        let options = ComponentOptions(modelConfig: config, overrides: c["options"] as! [String: Any])
+        let sampler = try Sampler(name: c["sampler"] as! String, registry: TestSupport.registry, options: options,
+                                  levels: try levels(config))
+        #expect(options.unreadOverrides.isEmpty)
+        #expect(try sampler.setTimesteps(c["steps"] as! Int) == (c["timesteps"] as! [NSNumber]).map(\.int32Value))
+        func tensor(_ values: Any) -> Tensor { Tensor(shape: shape, scalars: (values as! [NSNumber]).map(\.floatValue)) }
+        let generators = seeds.map { ImageGenerator(seed: $0) }
+        var x = tensor(c["sample"]!)
+        var worst: Float = 0
+        for (step, (output, expected)) in zip(c["model_outputs"] as! [Any], c["trajectory"] as! [Any]).enumerated() {
+            x = try sampler.step(step, modelOutput: tensor(output), sample: x, generators: generators).previous
+            worst = max(worst, x.maxAbsDifference(tensor(expected)))
+        }
+        print("sampler case \(index) (\(c["sampler"]!), \(config)): max step error \(worst)")
+        #expect(worst < 1e-4)
+    }
+
+    @Test func stateRoundTripsAndResumesTheSameSteps() throws {
+        let config: [String: Any] = ["beta_schedule": "linear", "timestep_spacing": "trailing"]
+        let levels = try levels(config)
+        let sampler = try Sampler(name: "ddim", registry: TestSupport.registry,
+                                  options: ComponentOptions(modelConfig: config, overrides: [:]), levels: levels)
+        let chosen = try sampler.setTimesteps(20)
+        let blob = sampler.saveState()
+        let resumed = try Sampler(name: "ddim", registry: TestSupport.registry,
+                                  options: ComponentOptions(modelConfig: config, overrides: [:]), levels: levels)
+        try resumed.restoreState(blob)
+        let x = Tensor(shape: [1, 4], scalars: [0.5, -1, 2, 0]), e = Tensor(shape: [1, 4], scalars: [0.1, 0.2, -0.3, 1])
+        let a = try sampler.step(7, modelOutput: e, sample: x, generators: [ImageGenerator(seed: 1)]).previous
+        let b = try resumed.step(7, modelOutput: e, sample: x, generators: [ImageGenerator(seed: 1)]).previous
+        #expect(a.isBitIdentical(to: b))
+        #expect(chosen.count == 20)
+        #expect(throws: RenderError("sampler ddim: sampler state version 9 is not known (1 is)")) {
+            try resumed.restoreState([9, 0, 0, 0, 0, 0, 0, 0])
+        }
+    }
+
+    @Test func badOptionsAreOneLineErrors() throws {
+        let levels = try levels([:])
+        func make(_ overrides: [String: Any], _ name: String = "ddim") throws {
+            _ = try Sampler(name: name, registry: TestSupport.registry,
+                            options: ComponentOptions(modelConfig: [:], overrides: overrides), levels: levels)
+        }
+        #expect(throws: RenderError("sampler ddim: prediction_type \"noise\" is not supported (one of: epsilon, sample, v_prediction)")) {
+            try make(["prediction_type": "noise"])
+        }
+        #expect(throws: RenderError("sampler ddpm: variance_type \"learned\" is not supported (one of: fixed_small, fixed_large)")) {
+            try make(["variance_type": "learned"], "ddpm")
+        }
+        #expect(throws: RenderError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
+        #expect(throws: RenderError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm)")) { try make([:], "plms") }
+        let sampler = try Sampler(name: "ddpm", registry: TestSupport.registry,
+                                  options: ComponentOptions(modelConfig: [:], overrides: [:]), levels: levels)
+        #expect(throws: RenderError("sampler ddpm: steps must be between 1 and num_train_timesteps (1000), not 1001")) {
+            try sampler.setTimesteps(1001)
+        }
+    }
+}
