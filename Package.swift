@@ -11,12 +11,17 @@ let package = Package(
     name: "diffusiond",
     platforms: [.macOS(.v15)],
     products: [
+        .executable(name: "diffusiond", targets: ["diffusiond"]),
         .executable(name: "diffusion-bench", targets: ["diffusion-bench"]),
         // Plugins: libdiffusion-plugin-NAME.so, loaded by the host with dlopen.
         .library(name: "diffusion-plugin-schedules", type: .dynamic, targets: ["SchedulesPlugin"]),
         .library(name: "diffusion-plugin-sigmoid-schedule", type: .dynamic, targets: ["SigmoidSchedulePlugin"]),
         .library(name: "diffusion-plugin-ddpm", type: .dynamic, targets: ["DDPMPlugin"]),
         .library(name: "diffusion-plugin-ddim", type: .dynamic, targets: ["DDIMPlugin"]),
+        .library(name: "diffusion-plugin-guidance", type: .dynamic, targets: ["GuidancePlugin"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         // C libraries, each behind a module map (system libraries) or a small shim.
@@ -33,6 +38,7 @@ let package = Package(
                 publicHeadersPath: ".", cSettings: [.headerSearchPath("../../Sources/DiffusionPluginABI")]),
         .target(name: "DDPMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddpm"),
         .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim"),
+        .target(name: "GuidancePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/guidance"),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
         .target(name: "DiffusionKernels", dependencies: ["COpenBLAS"], swiftSettings: nativeCode),
@@ -43,6 +49,9 @@ let package = Package(
         .target(name: "DiffusionRender", dependencies: ["DiffusionModels", "DiffusionPluginABI", "CPNG"],
                 swiftSettings: nativeCode),
 
+        .executableTarget(
+            name: "diffusiond",
+            dependencies: ["DiffusionRender", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionModels"], swiftSettings: nativeCode),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),

@@ -56,6 +56,8 @@ static const dfn_plugin plugin = {
     .schedules = schedules,         /* the noise schedules it provides */
     .sampler_count = 0,             /* it provides no samplers */
     .samplers = NULL,
+    .guidance_count = 0,            /* nor guidance methods */
+    .guidances = NULL,
 };
 
 __attribute__((visibility("default"))) const dfn_plugin *diffusion_plugin_init(const dfn_host *host) {

@@ -64,7 +64,7 @@ int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint3
         texts = calloc((size_t)text_count, sizeof(png_text));
         if (texts == NULL) png_error(png, "out of memory");
         for (int i = 0; i < text_count; i++) {
-            texts[i].compression = PNG_TEXT_COMPRESSION_NONE;
+            texts[i].compression = PNG_ITXT_COMPRESSION_NONE; /* UTF-8 iTXt */
             texts[i].key = (png_charp)text_keys[i];
             texts[i].text = (png_charp)text_values[i];
         }

@@ -195,3 +195,55 @@ struct ConvGeometry {
         }
     }
 }
+
+extension KernelRuntime {
+    /// The gradient of a convolution with respect to its input: for `outputGradient`
+    /// `[batch, out, oh, ow]`, the `[batch, in, h, w]` tensor Σ Wᵀ·g, folded back onto
+    /// the input pixels (col2im). One task per image: a GEMM, then the fold.
+    public func conv2dInputGradient(_ outputGradient: Tensor, _ layer: Conv2DLayer, inputHeight: Int, inputWidth: Int)
+        -> Tensor
+    {
+        let batch = outputGradient.shape[0]
+        let geometry = ConvGeometry(
+            inChannels: layer.inChannels, inHeight: inputHeight, inWidth: inputWidth, kernelHeight: layer.kernelHeight,
+            kernelWidth: layer.kernelWidth, stride: layer.stride, padding: layer.padding, upsampled: false)
+        let pixels = geometry.outHeight * geometry.outWidth
+        precondition(outputGradient.shape == [batch, layer.outChannels, geometry.outHeight, geometry.outWidth],
+                     "output gradient \(outputGradient.shape) for this convolution")
+        let depth = geometry.depth
+        let result = Tensor(zeros: [batch, layer.inChannels, inputHeight, inputWidth])
+        countProduct(batch * depth, pixels, layer.outChannels)
+        pool.parallelFor(batch) { image, worker in
+            let columns = scratch(worker: worker, count: depth * pixels)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(depth), Int32(pixels), Int32(layer.outChannels), 1,
+                        layer.weight.data, Int32(depth), outputGradient.data + image * outputGradient.sliceCount,
+                        Int32(pixels), 0, columns, Int32(pixels))
+            geometry.col2im(columns, into: result.data + image * result.sliceCount)
+        }
+        return result
+    }
+}
+
+extension ConvGeometry {
+    /// Adds each unfolded column entry back onto the input pixel it was read from
+    /// (the transpose of `im2col` over all output pixels).
+    func col2im(_ columns: UnsafePointer<Float>, into destination: UnsafeMutablePointer<Float>) {
+        var row = columns
+        for channel in 0..<inChannels {
+            let plane = destination + channel * inHeight * inWidth
+            for ky in 0..<kernelHeight {
+                for kx in 0..<kernelWidth {
+                    for oy in 0..<outHeight {
+                        let iy = oy * stride + ky - padding.top
+                        guard iy >= 0 && iy < inHeight else { continue }
+                        for ox in 0..<outWidth {
+                            let ix = ox * stride + kx - padding.left
+                            if ix >= 0 && ix < inWidth { plane[iy * inWidth + ix] += row[oy * outWidth + ox] }
+                        }
+                    }
+                    row += outHeight * outWidth
+                }
+            }
+        }
+    }
+}

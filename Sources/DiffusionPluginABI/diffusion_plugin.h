@@ -4,8 +4,7 @@
  * A plugin is a shared library named libdiffusion-plugin-NAME.so that exports
  * one symbol, `diffusion_plugin_init`. The host calls it once with its table of
  * functions (dfn_host) and the plugin returns a descriptor (dfn_plugin) listing
- * the components it provides: noise schedules, samplers, and (from a later
- * minor version) guidance methods. A plugin includes only this header; it links
+ * the components it provides: noise schedules, samplers and guidance methods. A plugin includes only this header; it links
  * neither the kernel runtime nor the daemon, so it may be written in C.
  *
  * Rules, in the manner of SQLite's sqlite3ext.h:
@@ -81,6 +80,13 @@ typedef struct dfn_host {
 
     /* Standard normal floats from one image's generator. */
     void (*random_normal)(dfn_generator *generator, int64_t count, float *out);
+
+    /* ∇_x log p(y | x_t) of the model's noisy classifier for `images` images of
+     * `image_size` floats at `timestep`, one label each, into `gradient`.
+     * `classifier` is the handle a guidance step receives (dfn_guidance_inputs). */
+    int (*classifier_gradient)(void *classifier, int32_t images, int64_t image_size, const float *sample,
+                               int32_t timestep, const int32_t *labels, float *gradient, char *error,
+                               size_t error_size);
 } dfn_host;
 
 /* ---- Noise schedules ------------------------------------------------------ */
@@ -144,6 +150,46 @@ typedef struct dfn_sampler {
     int (*restore_state)(void *instance, const void *blob, int64_t size, char *error, size_t error_size);
 } dfn_sampler;
 
+/* ---- Guidance ------------------------------------------------------------ */
+
+/* Which model evaluations a guidance method combines (a bit set). */
+enum {
+    DFN_NEEDS_CONDITIONAL = 1,   /* the model's output for each image's label */
+    DFN_NEEDS_UNCONDITIONAL = 2, /* the model's output for the null label */
+    DFN_NEEDS_CLASSIFIER = 4     /* the noisy classifier's gradient (host->classifier_gradient) */
+};
+
+/* One step's inputs to a guidance method; arrays hold `images` images of
+ * `image_size` floats one after another, and a model output the method did not
+ * ask for is NULL. */
+typedef struct dfn_guidance_inputs {
+    uint32_t abi_version;
+    uint32_t size;
+    int32_t images;
+    int64_t image_size;
+    int32_t timestep;
+    double alpha_cumprod;      /* ᾱ at `timestep` */
+    const float *sample;       /* x_t */
+    const float *conditional;  /* model output with each image's label */
+    const float *unconditional; /* model output with the null label */
+    const int32_t *labels;     /* each image's label */
+    void *classifier;          /* for host->classifier_gradient; NULL when the model has none */
+} dfn_guidance_inputs;
+
+/* A guidance method: turns the model outputs of one step into the output the
+ * sampler steps with. */
+typedef struct dfn_guidance {
+    uint32_t abi_version;
+    uint32_t size;
+    const char *name;    /* the job's guidance "kind", e.g. "cfg" */
+    const char *summary; /* one line for `diffctl plugins` */
+    void *(*create)(const dfn_host *host, const dfn_options *options, char *error, size_t error_size);
+    void (*destroy)(void *instance);
+    /* The DFN_NEEDS_* evaluations `combine` reads. */
+    uint32_t (*needs)(void *instance);
+    int (*combine)(void *instance, const dfn_guidance_inputs *inputs, float *guided, char *error, size_t error_size);
+} dfn_guidance;
+
 /* ---- The plugin descriptor ------------------------------------------------ */
 
 typedef struct dfn_plugin {
@@ -155,6 +201,8 @@ typedef struct dfn_plugin {
     const dfn_schedule *const *schedules;
     int32_t sampler_count;
     const dfn_sampler *const *samplers;
+    int32_t guidance_count;
+    const dfn_guidance *const *guidances;
 } dfn_plugin;
 
 #ifdef __cplusplus

@@ -67,7 +67,8 @@ public func samplerDescriptor(name: String, summary: String, create: SamplerCrea
 
 /// A plugin descriptor for a library of samplers and schedules.
 public func pluginDescriptor(name: String, version: String, schedules: [UnsafePointer<dfn_schedule>] = [],
-                             samplers: [UnsafePointer<dfn_sampler>] = []) -> UnsafePointer<dfn_plugin>
+                             samplers: [UnsafePointer<dfn_sampler>] = [],
+                             guidances: [UnsafePointer<dfn_guidance>] = []) -> UnsafePointer<dfn_plugin>
 {
     permanent(dfn_plugin(
         abi_version: pluginABIVersion,  // the host rejects a differing major or newer minor
@@ -77,7 +78,9 @@ public func pluginDescriptor(name: String, version: String, schedules: [UnsafePo
         schedule_count: Int32(schedules.count),  // the noise schedules it provides
         schedules: schedules.isEmpty ? nil : permanentArray(schedules.map { Optional($0) }),
         sampler_count: Int32(samplers.count),  // the samplers it provides
-        samplers: samplers.isEmpty ? nil : permanentArray(samplers.map { Optional($0) })))
+        samplers: samplers.isEmpty ? nil : permanentArray(samplers.map { Optional($0) }),
+        guidance_count: Int32(guidances.count),  // the guidance methods it provides
+        guidances: guidances.isEmpty ? nil : permanentArray(guidances.map { Optional($0) })))
 }
 
 /// Whether a host of this ABI may load a plugin built against this header.

@@ -66,6 +66,19 @@ public enum PluginHost {
             random_normal: { generator, count, out in
                 Unmanaged<ImageGenerator>.fromOpaque(UnsafeRawPointer(generator!)).takeUnretainedValue()
                     .generator.fillNormal(out!, count: Int(count))
+            },
+            classifier_gradient: { classifier, images, imageSize, sample, timestep, labels, gradient, message, errorSize in
+                let context = Unmanaged<ClassifierContext>.fromOpaque(classifier!).takeUnretainedValue()
+                do {
+                    try context.gradient(images: Int(images), imageSize: Int(imageSize), sample: sample!,
+                                         timestep: Int(timestep), labels: labels!, into: gradient!)
+                    return Int32(DFN_OK)
+                } catch {
+                    let text = Array("\(error)".utf8.prefix(max(errorSize - 1, 0)))
+                    for (i, byte) in text.enumerated() { message![i] = CChar(bitPattern: byte) }
+                    if errorSize > 0 { message![text.count] = 0 }
+                    return Int32(DFN_ERROR)
+                }
             }))
         return UnsafePointer(table)
     }()

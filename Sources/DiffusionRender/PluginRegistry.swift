@@ -34,6 +34,7 @@ public final class PluginRegistry: @unchecked Sendable {
     public private(set) var libraries: [Library] = []
     public private(set) var schedules: [String: Component<dfn_schedule>] = [:]
     public private(set) var samplers: [String: Component<dfn_sampler>] = [:]
+    public private(set) var guidances: [String: Component<dfn_guidance>] = [:]
     public private(set) var problems: [String] = []
 
     public init(directories: [String]) {
@@ -89,6 +90,11 @@ public final class PluginRegistry: @unchecked Sendable {
             guard let sampler = descriptor.samplers?[i] else { continue }
             register(sampler, name: sampler.pointee.name, summary: sampler.pointee.summary,
                      version: sampler.pointee.abi_version, size: sampler.pointee.size, into: &samplers, file: file)
+        }
+        for i in 0..<Int(descriptor.guidance_count) {
+            guard let guidance = descriptor.guidances?[i] else { continue }
+            register(guidance, name: guidance.pointee.name, summary: guidance.pointee.summary,
+                     version: guidance.pointee.abi_version, size: guidance.pointee.size, into: &guidances, file: file)
         }
     }
 

@@ -34,7 +34,7 @@ import Testing
         #expect(dfn_png_read(path, &back, back.count, &w, &h, &c, &error, 256) == 0)
         #expect(back == pixels)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-        #expect(bytes.range(of: Data("Parameters\0seed 1".utf8)) != nil)
+        #expect(bytes.range(of: Data("iTXtParameters\0\0\0\0\0seed 1".utf8)) != nil)
     }
 
     @Test func errorsComeBackAsMessages() {

@@ -24,7 +24,7 @@ import Testing
             }
             static const dfn_schedule one = {DFN_ABI_VERSION, sizeof(dfn_schedule), "\(schedule)", "test", betas};
             static const dfn_schedule *const list[] = {&one};
-            static const dfn_plugin plugin = {\(abi), sizeof(dfn_plugin), "test", "0", 1, list, 0, 0};
+            static const dfn_plugin plugin = {\(abi), sizeof(dfn_plugin), "test", "0", 1, list, 0, 0, 0, 0};
             const dfn_plugin *\(entry)(const dfn_host *host) { return \(returns); }
             """
         let file = "\(directory)/\(name).c"

@@ -14,7 +14,7 @@ extern "C" {
 #endif
 
 /// Writes an 8-bit PNG of `channels` 1 (grey), 3 (RGB) or 4 (RGBA) interleaved
-/// samples, rows top to bottom, with `text_count` tEXt chunks.
+/// samples, rows top to bottom, with `text_count` iTXt (UTF-8 text) chunks.
 /// Returns 0, or -1 with a message in `error` (always NUL-terminated).
 int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint32_t height,
                   int channels, const char *const *text_keys, const char *const *text_values,

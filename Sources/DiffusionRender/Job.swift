@@ -1,0 +1,175 @@
+import Foundation
+
+/// A render job, the one schema of docs/jobs.md, parsed strictly: every key has
+/// a type and a default, and an unknown key is an error, never ignored.
+public struct Job: Sendable {
+    public enum Format: String, Sendable, CaseIterable { case png, npy }
+
+    public var model: String
+    /// nil: the sampler the model's scheduler config names.
+    public var sampler: String?
+    public var samplerOptions: [String: JSONValue] = [:]
+    public var betaSchedule: String?
+    public var timestepSpacing: String?
+    public var steps = 50
+    /// One seed per image (derived from a single seed, or given as a list); nil: random.
+    public var seeds: [UInt64]?
+    public var count = 1
+    /// One label per image; nil: the model's null label (unconditional).
+    public var classes: [Int]?
+    public var guidance: Guidance?
+    /// A float32 `[count, C, H, W]` .npy used as x_T: a path (`diffusiond render`,
+    /// relative to the job file) or the file's bytes (sent inline to the daemon).
+    public var initNoise: InitNoise?
+    public var formats: [Format] = [.png]
+    /// Daemon keys: queue priority (higher first), preview interval in steps (0 = off),
+    /// time limit in seconds (0 = the daemon's default).
+    public var priority = 0
+    public var previewEvery = 0
+    public var timeLimit = 0.0
+
+    public struct Guidance: Sendable, Equatable {
+        public var kind: String
+        public var options: [String: JSONValue]
+    }
+
+    public enum InitNoise: Sendable, Equatable {
+        case path(String)
+        case inline(Data)
+    }
+
+    public static let keys: Set<String> = [
+        "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "seed", "count", "class",
+        "guidance", "init_noise", "formats", "priority", "preview_every", "time_limit",
+    ]
+
+    public init(model: String) { self.model = model }
+
+    /// Parses a job; `source` names it in errors.
+    public init(json data: Data, source: String) throws {
+        let object: Any
+        do {
+            object = try JSONSerialization.jsonObject(with: data)
+        } catch {
+            throw RenderError("\(source): not valid JSON")
+        }
+        guard let keys = object as? [String: Any] else { throw RenderError("\(source): a job is a JSON object") }
+        if let unknown = keys.keys.sorted().first(where: { !Self.keys.contains($0) }) {
+            throw RenderError("\(source): unknown key \"\(unknown)\" (see docs/jobs.md)")
+        }
+        func fail(_ key: String, _ what: String) -> RenderError { RenderError("\(source): \(key) must be \(what)") }
+        func value(_ key: String) -> Any? { keys[key].flatMap { $0 is NSNull ? nil : $0 } }
+        func string(_ key: String) throws -> String? {
+            guard let raw = value(key) else { return nil }
+            guard let text = raw as? String, !text.isEmpty else { throw fail(key, "a non-empty string") }
+            return text
+        }
+        func integer(_ raw: Any, _ key: String, _ range: ClosedRange<Int>) throws -> Int {
+            guard let number = raw as? NSNumber, !PluginHost.isBool(number), let exact = Int(exactly: number.doubleValue),
+                  range.contains(exact)
+            else { throw fail(key, "a whole number in \(range.lowerBound)...\(range.upperBound)") }
+            return exact
+        }
+
+        guard let model = try string("model") else { throw RenderError("\(source): model is required") }
+        self.model = model
+        sampler = try string("sampler")
+        if let raw = value("sampler_options") {
+            guard let options = raw as? [String: Any] else { throw fail("sampler_options", "an object") }
+            samplerOptions = try options.mapValues { try JSONValue($0) }
+        }
+        betaSchedule = try string("beta_schedule")
+        timestepSpacing = try string("timestep_spacing")
+        if let raw = value("steps") { steps = try integer(raw, "steps", 1...1_000_000) }
+        if let raw = value("count") { count = try integer(raw, "count", 1...1_000_000) }
+        if let raw = value("seed") {
+            let maximum = Int(Int64.max)
+            if let list = raw as? [Any] {
+                seeds = try list.map { UInt64(try integer($0, "seed", 0...maximum)) }
+                guard seeds!.count == count else { throw fail("seed", "one number or a list of count (\(count)) numbers") }
+            } else {
+                let seed = UInt64(try integer(raw, "seed", 0...maximum))
+                seeds = (0..<count).map { Self.imageSeed(seed, $0) }
+            }
+        }
+        if let raw = value("class") {
+            if let list = raw as? [Any] {
+                classes = try list.map { try integer($0, "class", 0...Int(Int32.max)) }
+                guard classes!.count == count else { throw fail("class", "one label or a list of count (\(count)) labels") }
+            } else {
+                classes = [Int](repeating: try integer(raw, "class", 0...Int(Int32.max)), count: count)
+            }
+        }
+        if let raw = value("guidance") {
+            guard var object = raw as? [String: Any], let kind = object.removeValue(forKey: "kind") as? String else {
+                throw fail("guidance", "an object with a \"kind\" (cfg, classifier)")
+            }
+            guidance = Guidance(kind: kind, options: try object.mapValues { try JSONValue($0) })
+        }
+        if let raw = value("init_noise") {
+            if let path = raw as? String, !path.isEmpty {
+                initNoise = .path(path)
+            } else if let inline = raw as? [String: Any], inline.count == 1, let text = inline["npy_base64"] as? String,
+                      let bytes = Data(base64Encoded: text)
+            {
+                initNoise = .inline(bytes)
+            } else {
+                throw fail("init_noise", "a .npy path or {\"npy_base64\": \"...\"}")
+            }
+        }
+        if let raw = value("formats") {
+            guard let list = raw as? [String], !list.isEmpty else { throw fail("formats", "a list of \"png\", \"npy\"") }
+            formats = try list.map { name in
+                guard let format = Format(rawValue: name) else { throw fail("formats", "a list of \"png\", \"npy\"") }
+                return format
+            }
+        }
+        if let raw = value("priority") { priority = try integer(raw, "priority", -1000...1000) }
+        if let raw = value("preview_every") { previewEvery = try integer(raw, "preview_every", 0...1_000_000) }
+        if let raw = value("time_limit") {
+            guard let number = raw as? NSNumber, !PluginHost.isBool(number), number.doubleValue >= 0 else {
+                throw fail("time_limit", "a number of seconds, 0 or more")
+            }
+            timeLimit = number.doubleValue
+        }
+    }
+
+    /// Image `index`'s seed when a job gives one seed: SplitMix64 (Steele et al. 2014)
+    /// of seed + (index + 1)·0x9E3779B97F4A7C15, cut to 63 bits. Giving that seed in a
+    /// list of one reproduces the image.
+    public static func imageSeed(_ seed: UInt64, _ index: Int) -> UInt64 {
+        var z = seed &+ (UInt64(index) &+ 1) &* 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return (z ^ (z >> 31)) & UInt64(Int64.max)
+    }
+}
+
+/// A JSON value that is Sendable, for options carried inside a job.
+public enum JSONValue: Sendable, Equatable {
+    case null, bool(Bool), number(Double), string(String), array([JSONValue]), object([String: JSONValue])
+
+    init(_ raw: Any) throws {
+        switch raw {
+        case is NSNull: self = .null
+        case let number as NSNumber where PluginHost.isBool(number): self = .bool(number.boolValue)
+        case let number as NSNumber: self = .number(number.doubleValue)
+        case let text as String: self = .string(text)
+        case let list as [Any]: self = .array(try list.map(JSONValue.init))
+        case let object as [String: Any]: self = .object(try object.mapValues(JSONValue.init))
+        default: throw RenderError("unsupported JSON value \(raw)")
+        }
+    }
+
+    /// The Foundation form JSONSerialization reads and writes.
+    public var foundation: Any {
+        switch self {
+        case .null: return NSNull()
+        case .bool(let value): return NSNumber(value: value)
+        case .number(let value): return value == value.rounded() && abs(value) < 1e15 ? NSNumber(value: Int(value)) : NSNumber(value: value)
+        case .string(let value): return value
+        case .array(let values): return values.map(\.foundation)
+        case .object(let values): return values.mapValues(\.foundation)
+        }
+    }
+}

@@ -1,0 +1,9 @@
+/// What one job may ask for; the daemon reads these from its configuration.
+public struct RenderLimits: Sendable {
+    public var maxSteps = 1000
+    public var maxCount = 100
+    /// Values per image (channels x height x width).
+    public var maxImageValues = 3 * 512 * 512
+
+    public init() {}
+}

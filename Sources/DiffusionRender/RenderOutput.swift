@@ -1,0 +1,90 @@
+import CPNG
+import DiffusionKernels
+import Foundation
+
+/// The files a finished render leaves in its output directory:
+/// `image-NNNN.png` (8-bit, pixel = round(clamp((x+1)/2, 0, 1)·255), with an iTXt
+/// chunk `diffusiond` holding the resolved job, the image's own seed, the model's
+/// content hash and the program version), `grid.png` (about √count columns),
+/// `job.json` (the resolved job) and, with format `npy`, `samples.npy` (the final
+/// samples, float32 `[count, C, H, W]`, unclamped).
+public enum RenderOutput {
+    public static let programVersion = "0.1.0"
+
+    public static func write(_ render: Render, samples: Tensor, to directory: String) throws {
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch {
+            throw RenderError("cannot create output directory \(directory): \(error.localizedDescription)")
+        }
+        let job = render.resolvedJob
+        let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
+        guard channels == 1 || channels == 3 || channels == 4 else {
+            throw RenderError("a PNG has 1, 3 or 4 channels; these samples have \(channels) (ask for format npy)")
+        }
+        if render.job.formats.contains(.png) {
+            for image in 0..<count {
+                var metadata = job
+                metadata["seed"] = NSNumber(value: render.seeds[image])
+                let text: [String: Any] = [
+                    "job": metadata, "image": image, "model_hash": render.model.contentHash,
+                    "program": "diffusiond \(programVersion)",
+                ]
+                try PNGFile.write(path: String(format: "%@/image-%04d.png", directory, image),
+                                  pixels: pixels(samples, images: image..<(image + 1), columns: 1),
+                                  width: width, height: height, channels: channels,
+                                  text: ["diffusiond": try json(text)])
+            }
+            let columns = Int(Double(count).squareRoot().rounded(.up))
+            let rows = (count + columns - 1) / columns
+            try PNGFile.write(path: "\(directory)/grid.png", pixels: pixels(samples, images: 0..<count, columns: columns),
+                              width: width * columns, height: height * rows, channels: channels, text: [:])
+        }
+        if render.job.formats.contains(.npy) {
+            try NPYFile.write(samples, path: "\(directory)/samples.npy")
+        }
+        guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
+            throw RenderError("cannot write \(directory)/job.json")
+        }
+    }
+
+    static func json(_ object: Any) throws -> String {
+        String(decoding: try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]), as: UTF8.self)
+    }
+
+    /// 8-bit interleaved pixels of `images` laid out `columns` wide (unused cells black).
+    static func pixels(_ samples: Tensor, images: Range<Int>, columns: Int) -> [UInt8] {
+        let (channels, height, width) = (samples.shape[1], samples.shape[2], samples.shape[3])
+        let rows = (images.count + columns - 1) / columns
+        let stride = width * columns * channels
+        var out = [UInt8](repeating: 0, count: stride * height * rows)
+        for (slot, image) in images.enumerated() {
+            let (gridRow, gridColumn) = (slot / columns, slot % columns)
+            let base = samples.data + image * samples.sliceCount
+            for c in 0..<channels { for y in 0..<height { for x in 0..<width {
+                let value = base[(c * height + y) * width + x]
+                let level = ((min(max((value + 1) / 2, 0), 1)) * 255).rounded()
+                out[(gridRow * height + y) * stride + (gridColumn * width + x) * channels + c] = UInt8(level)
+            } } }
+        }
+        return out
+    }
+}
+
+/// PNG files through the CPNG shim.
+public enum PNGFile {
+    public static func write(path: String, pixels: [UInt8], width: Int, height: Int, channels: Int,
+                             text: [String: String]) throws
+    {
+        let keys = text.keys.sorted()
+        let cKeys = keys.map { strdup($0)! }, cValues = keys.map { strdup(text[$0]!)! }
+        defer { (cKeys + cValues).forEach { free($0) } }
+        var keyPointers: [UnsafePointer<CChar>?] = cKeys.map { UnsafePointer($0) }
+        var valuePointers: [UnsafePointer<CChar>?] = cValues.map { UnsafePointer($0) }
+        var error = [CChar](repeating: 0, count: 512)
+        let status = dfn_png_write(path, pixels, UInt32(width), UInt32(height), Int32(channels), &keyPointers,
+                                   &valuePointers, Int32(keys.count), &error, error.count)
+        guard status == 0 else { throw RenderError(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self)) }
+    }
+}
