@@ -9,6 +9,9 @@ enum TestSupport {
     /// The registry of the plugins this package builds.
     static let registry = PluginRegistry(directories: [buildDirectory])
 
+    /// The model directories jobs name models in.
+    static let models = ModelResolver(directories: [fixtures])
+
     static let fixtures = Bundle.module.resourceURL!.appendingPathComponent("Fixtures").path
 
     static func temporaryDirectory() throws -> String {

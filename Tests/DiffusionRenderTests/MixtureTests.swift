@@ -1,0 +1,93 @@
+import DiffusionKernels
+import DiffusionModels
+import DiffusionRender
+import Foundation
+import Testing
+
+/// Samplers and guidance against a Gaussian mixture whose answer is known exactly.
+@Suite struct MixtureTests {
+    static let model = try! ModelDirectory(path: "\(TestSupport.fixtures)/gmm").load()
+    static let mixture = model.denoiser as! GaussianMixture
+
+    func render(_ json: String) throws -> Tensor {
+        let job = try Job(json: Data(json.utf8), source: "job")
+        var limits = RenderLimits()
+        limits.maxCount = 2000
+        let render = try Render(job: job, model: Self.model, registry: TestSupport.registry,
+                                runtime: KernelRuntime(threadCount: 2), limits: limits, initNoise: nil)
+        return try render.run()
+    }
+
+    /// Checks the samples' share, mean and spread per component against the
+    /// mixture restricted to `components`: shares within 4 standard errors, means
+    /// within 4 standard errors plus 0.05, stds within 10% (the samplers' own
+    /// discretization error at these step counts is a few percent).
+    func expectMatches(_ samples: Tensor, components: [GaussianMixture.Component], _ what: String) {
+        let n = samples.shape[0]
+        let total = components.map(\.weight).reduce(0, +)
+        var groups = [[Double]](repeating: [], count: components.count)
+        for i in 0..<n {
+            let x = (0..<2).map { Double(samples.data[2 * i + $0]) }
+            let nearest = components.indices.min { a, b in
+                zip(x, components[a].mean).map { ($0 - $1) * ($0 - $1) }.reduce(0, +)
+                    < zip(x, components[b].mean).map { ($0 - $1) * ($0 - $1) }.reduce(0, +)
+            }!
+            groups[nearest] += x.enumerated().map { $1 - components[nearest].mean[$0] }
+        }
+        for (k, c) in components.enumerated() {
+            let share = Double(groups[k].count / 2) / Double(n), expected = c.weight / total
+            #expect(abs(share - expected) <= 4 * (expected * (1 - expected) / Double(n)).squareRoot() + 1e-9,
+                    "\(what): component \(k) share \(share), expected \(expected)")
+            guard groups[k].count > 20 else { continue }
+            let m = Double(groups[k].count)
+            let mean = groups[k].reduce(0, +) / m
+            let std = (groups[k].map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / m).squareRoot()
+            #expect(abs(mean) <= 4 * c.std / m.squareRoot() + 0.05, "\(what): component \(k) mean off by \(mean)")
+            #expect(abs(std / c.std - 1) <= 0.1, "\(what): component \(k) std \(std), expected \(c.std)")
+        }
+    }
+
+    @Test func ddpmSamplesTheMixture() throws {
+        let samples = try render(#"{"model": "gmm", "sampler": "ddpm", "steps": 250, "count": 2000, "seed": 1}"#)
+        expectMatches(samples, components: Self.mixture.components, "ddpm")
+    }
+
+    @Test func ddimSamplesTheMixture() throws {
+        let samples = try render(#"{"model": "gmm", "sampler": "ddim", "steps": 100, "count": 2000, "seed": 2}"#)
+        expectMatches(samples, components: Self.mixture.components, "ddim")
+    }
+
+    @Test(arguments: [
+        #""guidance": {"kind": "cfg", "scale": 1}"#,
+        #""guidance": {"kind": "classifier", "scale": 1}"#,
+    ])
+    func guidanceAtScaleOneSamplesTheLabel(_ guidance: String) throws {
+        let samples = try render(#"{"model": "gmm", "sampler": "ddim", "steps": 100, "count": 1000, "seed": 3, "class": 1, \#(guidance)}"#)
+        expectMatches(samples, components: Self.mixture.components.filter { $0.label == 1 }, guidance)
+    }
+
+    @Test func classifierGradientIsExact() throws {
+        // ∇ log p(y | x_t) = ∇ log p(x_t | y) − ∇ log p(x_t), checked by central differences.
+        let x = Tensor(shape: [1, 1, 1, 2], scalars: [0.3, -0.2])
+        let k = KernelRuntime(threadCount: 1)
+        let alpha = 0.4
+        let gradient = try Self.mixture.logProbabilityGradient(x, timesteps: [500], alphasCumprod: [alpha], labels: [0], on: k)
+        func logPosterior(_ values: [Double]) -> Double {
+            func density(_ chosen: [GaussianMixture.Component]) -> Double {
+                chosen.map { c in
+                    let variance = alpha * c.std * c.std + 1 - alpha
+                    let squared = zip(values, c.mean).map { ($0 - alpha.squareRoot() * $1) * ($0 - alpha.squareRoot() * $1) }.reduce(0, +)
+                    return c.weight * exp(-squared / (2 * variance)) / (2 * Double.pi * variance)
+                }.reduce(0, +)
+            }
+            return log(density(Self.mixture.components.filter { $0.label == 0 }) / density(Self.mixture.components))
+        }
+        for i in 0..<2 {
+            var plus = [0.3, -0.2], minus = plus
+            plus[i] += 1e-5
+            minus[i] -= 1e-5
+            let numeric = (logPosterior(plus) - logPosterior(minus)) / 2e-5
+            #expect(abs(Double(gradient.data[i]) - numeric) < 1e-4 * max(1, abs(numeric)))
+        }
+    }
+}

@@ -1,0 +1,119 @@
+#!/usr/bin/env python3
+"""Makes the end-to-end render fixtures: diffusers' own sampling loops on a small
+random-weight class-conditional UNet2DModel, from a given x_T.
+
+Each case is a job file the Swift test renders with `OneShotRender`, the x_T it
+starts from, and diffusers' final samples in float64, with diffusers' own
+float32-vs-float64 deviation on that case. DDIM cases run DDIMScheduler (the
+sigmoid schedule, which DDIMScheduler lacks, is passed as trained_betas); the DDPM
+case patches DDPMScheduler's noise source with the host's Philox normals (see
+make_sampler_fixtures.py). CFG cases combine the conditional and null-label
+outputs as diffusers pipelines do.
+
+Needs torch and diffusers (PyPI); run from the repository root:
+    python tools/reference/make_render_fixtures.py
+"""
+import copy
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import torch
+import diffusers
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+import diffusers.schedulers.scheduling_ddpm as ddpm_module
+
+from make_sampler_fixtures import Philox
+
+OUT = pathlib.Path("Tests/DiffusionRenderTests/Fixtures")
+MODEL = "unet-tiny"
+SIGMOID = torch.sigmoid(torch.linspace(-6, 6, 1000)) * (0.02 - 0.0001) + 0.0001
+
+CASES = [
+    # (sampler, scheduler config for diffusers, job keys, steps, labels, cfg scale)
+    ("ddim", {"beta_schedule": "linear"}, {}, 12, [3, 7], None),
+    ("ddim", {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012, "timestep_spacing": "trailing",
+              "prediction_type": "v_prediction", "clip_sample": False},
+     {"beta_schedule": "scaled_linear", "timestep_spacing": "trailing",
+      "sampler_options": {"beta_start": 0.00085, "beta_end": 0.012, "prediction_type": "v_prediction", "clip_sample": False}},
+     10, [0, 10], None),
+    ("ddim", {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace", "prediction_type": "sample"},
+     {"beta_schedule": "squaredcos_cap_v2", "timestep_spacing": "linspace", "sampler_options": {"prediction_type": "sample"}},
+     15, [5, 5], None),
+    ("ddim", {"trained_betas": SIGMOID.tolist(), "steps_offset": 1},
+     {"beta_schedule": "sigmoid", "sampler_options": {"steps_offset": 1}}, 10, [1, 2], None),
+    ("ddim", {"beta_schedule": "linear", "timestep_spacing": "trailing"}, {"timestep_spacing": "trailing"}, 10, [4, 9], 3.0),
+    ("ddpm", {"beta_schedule": "linear", "variance_type": "fixed_small"}, {}, 10, [6, 8], None),
+]
+
+
+def perturb(model, generator):
+    with torch.no_grad():
+        for p in model.parameters():
+            scale = p.detach().abs().mean().item() or 0.05
+            p.add_(torch.randn(p.shape, generator=generator) * 0.5 * scale)
+
+
+def sample(unet, sampler, config, steps, x, labels, scale, seeds):
+    kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
+    scheduler = kind(**config)
+    scheduler.set_timesteps(steps)
+    if sampler == "ddpm":
+        streams = [Philox(seed) for seed in seeds]
+
+        def host_noise(shape, generator=None, device=None, dtype=None):
+            per_image = int(np.prod(shape[1:]))
+            return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
+
+        ddpm_module.randn_tensor = host_noise
+    labels = torch.tensor(labels)
+    null = torch.full_like(labels, 10)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            output = unet(x, t, class_labels=labels).sample
+            if scale is not None:
+                unconditional = unet(x, t, class_labels=null).sample
+                output = unconditional + scale * (output - unconditional)
+            x = scheduler.step(output, t, x).prev_sample
+    return x
+
+
+def main():
+    generator = torch.Generator().manual_seed(42)
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32], layers_per_block=1,
+        down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+        attention_head_dim=8, norm_num_groups=8, num_class_embeds=11).eval()
+    perturb(unet, generator)
+    directory = OUT / MODEL
+    if directory.exists():
+        shutil.rmtree(directory)
+    DDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(directory)
+    unet = UNet2DModel.from_pretrained(directory, subfolder="unet").eval()
+    unet64 = copy.deepcopy(unet).double()
+
+    summary = []
+    for index, (sampler, config, keys, steps, labels, scale) in enumerate(CASES):
+        seeds = [100 + 10 * index, 101 + 10 * index]
+        x = torch.randn(2, 1, 8, 8, generator=generator)
+        name = f"render-{index}"
+        np.save(OUT / f"{name}-noise.npy", x.numpy())
+        out32 = sample(unet, sampler, config, steps, x.clone(), labels, scale, seeds)
+        out64 = sample(unet64, sampler, config, steps, x.double(), labels, scale, seeds)
+        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
+        deviation = (out32.double() - out64).abs().max().item()
+        job = {"model": MODEL, "sampler": sampler, "steps": steps, "count": 2, "seed": seeds, "class": labels,
+               "init_noise": f"{name}-noise.npy", "formats": ["npy"], **keys}
+        if scale is not None:
+            job["guidance"] = {"kind": "cfg", "scale": scale}
+        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
+        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
+                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
+        print(f"{name}: {sampler} {keys} diffusers f32 deviation {deviation:.3e}")
+    (OUT / "render-cases.json").write_text(json.dumps(
+        {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
