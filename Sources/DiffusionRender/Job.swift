@@ -65,7 +65,7 @@ public struct Job: Sendable {
             return text
         }
         func integer(_ raw: Any, _ key: String, _ range: ClosedRange<Int>) throws -> Int {
-            guard let number = raw as? NSNumber, !PluginHost.isBool(number), let exact = Int(exactly: number.doubleValue),
+            guard let number = raw as? NSNumber, !PluginHost.isBool(number), let exact = Self.exactInteger(number),
                   range.contains(exact)
             else { throw fail(key, "a whole number in \(range.lowerBound)...\(range.upperBound)") }
             return exact
@@ -131,6 +131,16 @@ public struct Job: Sendable {
                 throw fail("time_limit", "a number of seconds, 0 or more")
             }
             timeLimit = number.doubleValue
+        }
+    }
+
+    /// A JSON number as an exact Int: integers as parsed (seeds exceed a double's
+    /// 53 bits), doubles only when whole.
+    static func exactInteger(_ number: NSNumber) -> Int? {
+        switch String(cString: number.objCType) {
+        case "d", "f": return Int(exactly: number.doubleValue)
+        case "Q": return number.uint64Value <= UInt64(Int.max) ? Int(number.uint64Value) : nil
+        default: return number.intValue
         }
     }
 

@@ -50,6 +50,7 @@ public struct ModelResolver: Sendable {
             candidates.append(model.hasPrefix("/") ? model : "\(base)/\(model)")
         }
         if !model.contains("/") { candidates += directories.map { "\($0)/\(model)" } }
+        candidates = candidates.map { URL(fileURLWithPath: $0).standardized.path }
         guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
             throw RenderError("model \"\(model)\" not found (looked in: \(candidates.joined(separator: ", ")))")
         }
