@@ -9,7 +9,8 @@ import Testing
         #expect(Set(registry.schedules.keys) == ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
         #expect(Set(registry.samplers.keys) == ["ddpm", "ddim"])
         #expect(registry.schedules["sigmoid"]?.file.hasSuffix("libdiffusion-plugin-sigmoid-schedule.so") == true)
-        #expect(Set(registry.libraries.map(\.name)) == ["schedules", "sigmoid-schedule", "ddpm", "ddim"])
+        #expect(Set(registry.guidances.keys) == ["cfg", "classifier"])
+        #expect(Set(registry.libraries.map(\.name)) == ["schedules", "sigmoid-schedule", "ddpm", "ddim", "guidance"])
     }
 
     /// Compiles a one-file C plugin whose descriptor has `abi` and the given body.
