@@ -29,6 +29,7 @@ let package = Package(
         .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CPNG", linkerSettings: [.linkedLibrary("png16")]),
+        .target(name: "CAffinity"),
 
         // The plugin contract: one C header, and helpers for plugins written in Swift.
         .systemLibrary(name: "DiffusionPluginABI"),
@@ -41,7 +42,7 @@ let package = Package(
         .target(name: "GuidancePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/guidance"),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
-        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS"], swiftSettings: nativeCode),
+        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: nativeCode),
         // Models on top of the kernels: UNet2DModel and model-directory loading.
         .target(name: "DiffusionModels", dependencies: ["DiffusionKernels"], swiftSettings: nativeCode),
 
@@ -52,7 +53,7 @@ let package = Package(
         .executableTarget(
             name: "diffusiond",
             dependencies: ["DiffusionRender", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionModels"], swiftSettings: nativeCode),
+        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionRender"], swiftSettings: nativeCode),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),

@@ -1,3 +1,4 @@
+import CAffinity
 import COpenBLAS
 import Foundation
 import Synchronization
@@ -21,8 +22,15 @@ public final class ThreadPool: @unchecked Sendable {
         openblas_set_num_threads(1)
         let shared = SharedWork()
         self.shared = shared
+        let cpus = Self.allowedCPUs()
         for worker in 1..<threadCount {
-            let thread = Thread { shared.workerLoop(worker: worker) }
+            // Worker i keeps to CPU (n − i) of the n this process may use, so that two
+            // workers never queue on one core while another idles; the caller floats.
+            let cpu = threadCount <= cpus.count ? cpus[cpus.count - worker] : nil
+            let thread = Thread {
+                if let cpu { Self.pinCurrentThread(to: cpu) }
+                shared.workerLoop(worker: worker)
+            }
             thread.name = "diffusion-compute-\(worker)"
             thread.stackSize = 8 << 20
             thread.start()
@@ -30,6 +38,15 @@ public final class ThreadPool: @unchecked Sendable {
     }
 
     deinit { shared.shutDown() }
+
+    /// The CPUs this process may run on (its affinity mask), in order.
+    static func allowedCPUs() -> [Int32] {
+        var cpus = [Int32](repeating: 0, count: 1024)
+        let count = dfn_allowed_cpus(&cpus, Int32(cpus.count))
+        return Array(cpus.prefix(Int(max(count, 0))))
+    }
+
+    static func pinCurrentThread(to cpu: Int32) { _ = dfn_pin_current_thread(cpu) }
 
     /// Runs `body(task, worker)` for every task in `0..<count` and returns when all
     /// are done. `worker` (in `0..<threadCount`) names the thread, for per-thread

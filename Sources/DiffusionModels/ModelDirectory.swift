@@ -141,7 +141,8 @@ public struct ModelDirectory: Sendable {
 
 /// A model directory, loaded for rendering.
 public struct LoadedModel: Sendable {
-    public let directory: ModelDirectory
+    /// Where it came from (nil for a model built in memory, as benchmarks do).
+    public let directory: ModelDirectory?
     public let denoiser: any DenoisingModel
     public let classifier: (any NoisyClassifier)?
     /// The label of the unconditional prediction, for class-conditional models.
@@ -150,4 +151,16 @@ public struct LoadedModel: Sendable {
     /// scheduler_config.json as stored (nil when the directory has none).
     public let schedulerConfigData: Data?
     public let contentHash: String
+
+    public init(directory: ModelDirectory?, denoiser: any DenoisingModel, classifier: (any NoisyClassifier)?,
+                nullClass: Int?, recommendedGuidanceScale: Double?, schedulerConfigData: Data?, contentHash: String)
+    {
+        self.directory = directory
+        self.denoiser = denoiser
+        self.classifier = classifier
+        self.nullClass = nullClass
+        self.recommendedGuidanceScale = recommendedGuidanceScale
+        self.schedulerConfigData = schedulerConfigData
+        self.contentHash = contentHash
+    }
 }

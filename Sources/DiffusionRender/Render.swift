@@ -50,7 +50,7 @@ public final class Render: @unchecked Sendable {
         var schedulerConfig: [String: Any] = [:]
         if let data = model.schedulerConfigData {
             guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-                throw RenderError("\(model.directory.schedulerConfigPath): not a JSON object")
+                throw RenderError("\(model.directory?.schedulerConfigPath ?? "the scheduler config"): not a JSON object")
             }
             schedulerConfig = object
         }

@@ -1,7 +1,9 @@
 // diffusion-bench: times the U-Net forward of the google/ddpm-cifar10-32
 // architecture on the kernel runtime and, when a Python with torch and diffusers
 // is at hand, the same model in PyTorch in the same run. Each measurement runs in
-// a child process of its own, so that its peak RSS is its own.
+// a child process of its own, so that its peak RSS is its own. Then it times
+// whole render steps on the same model, to show what the sampler and guidance
+// plugins cost beside the U-Net.
 import Foundation
 
 let options = BenchOptions.parse(CommandLine.arguments.dropFirst())
@@ -9,4 +11,5 @@ if let batch = options.measureBatch {
     print(try measureKernelRuntime(batch: batch, options: options).json)
 } else {
     runComparison(options)
+    try runStepOverhead(options)
 }
