@@ -36,6 +36,8 @@ tools-python:
 # Regenerates the diffusers reference fixtures under Tests/ (needs tools-python).
 fixtures:
 	tools/.venv/bin/python tools/reference/make_fixtures.py
+	tools/.venv/bin/python tools/reference/make_sampler_fixtures.py
+	PYTHONPATH=tools/reference tools/.venv/bin/python tools/reference/make_render_fixtures.py
 
 clean:
 	rm -rf .build
