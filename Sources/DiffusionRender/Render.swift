@@ -14,7 +14,8 @@ public final class Render: @unchecked Sendable {
     public let model: LoadedModel
     public let samplerName: String
     public let seeds: [UInt64]
-    /// Each image's label for the conditional pass (the null label when none was asked).
+    /// Each image's label for the model's conditional pass (the null label when
+    /// none was asked; nil for an unconditional model).
     public let labels: [Int]?
     public let levels: NoiseLevels
     public let timesteps: [Int32]
@@ -75,18 +76,6 @@ public final class Render: @unchecked Sendable {
         timesteps = try sampler.setTimesteps(job.steps)
 
         let classCount = model.denoiser.classCount
-        if let classes = job.classes {
-            let limit = classCount ?? 0
-            if let bad = classes.first(where: { $0 >= limit }) {
-                throw RenderError(classCount == nil
-                    ? "class \(bad): this model is not class-conditional"
-                    : "class \(bad) is out of range: this model has labels 0...\(limit - 1)")
-            }
-            labels = classes
-        } else {
-            labels = model.nullClass.map { [Int](repeating: $0, count: job.count) }
-        }
-
         if let request = job.guidance {
             var defaults: [String: Any] = [:]
             if request.kind == "cfg", let scale = model.recommendedGuidanceScale { defaults["scale"] = scale }
@@ -116,6 +105,23 @@ public final class Render: @unchecked Sendable {
         } else {
             guidance = nil
             classifier = nil
+        }
+
+        // The model's labels; an unconditional model guided by a classifier takes
+        // none, and the job's classes are the classifier's.
+        if let classes = job.classes {
+            if let classCount {
+                if let bad = classes.first(where: { $0 >= classCount }) {
+                    throw RenderError("class \(bad) is out of range: this model has labels 0...\(classCount - 1)")
+                }
+                labels = classes
+            } else if guidance?.needsClassifier == true {
+                labels = nil
+            } else {
+                throw RenderError("class \(classes[0]): this model is not class-conditional")
+            }
+        } else {
+            labels = model.nullClass.map { [Int](repeating: $0, count: job.count) }
         }
 
         seeds = job.seeds ?? (0..<job.count).map { _ in UInt64.random(in: 0...UInt64(Int64.max)) }
@@ -167,7 +173,7 @@ public final class Render: @unchecked Sendable {
         // 2. Guidance, 3. the sampler's update.
         let guided = try guidance?.combine(
             sample: sample, conditional: conditional, unconditional: unconditional,
-            labels: (labels ?? [Int](repeating: 0, count: count)).map(Int32.init), timestep: t, alphaCumprod: alpha,
+            labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init), timestep: t, alphaCumprod: alpha,
             classifier: classifier) ?? output
         let (previous, original) = try sampler.step(index, modelOutput: guided, sample: sample, generators: generators)
         sample = previous
