@@ -9,14 +9,14 @@
 /// is not offered.
 import DiffusionPluginKit
 
-final class DDIMInstance: SamplerInstance {
+final class DDIMInstance: TimestepSampler {
     let host: UnsafePointer<dfn_host>
     let settings: SamplerSettings
     let alphasCumprod: [Double]
     let finalAlphaCumprod: Double
     let eta: Double
     let useClippedModelOutput: Bool
-    private var timesteps: [Int32] = []
+    var timesteps: [Int32] = []
     var scratch: [Float] = []
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
@@ -29,13 +29,7 @@ final class DDIMInstance: SamplerInstance {
         useClippedModelOutput = try options.bool("use_clipped_model_output", default: false)
     }
 
-    func setTimesteps(_ steps: Int) throws -> [Int32] {
-        timesteps = try settings.timesteps(steps: steps, trainSteps: alphasCumprod.count)
-        return timesteps
-    }
-
-    func saveState() -> [UInt8] { SamplerState.encode(timesteps) }
-    func restoreState(_ bytes: [UInt8]) throws { timesteps = try SamplerState.decode(bytes) }
+    var trainSteps: Int { alphasCumprod.count }
 
     /// One DDIM update per image (Song et al., eq. 12):
     /// 1. x̂₀ and ε̂ from the model output (`SamplerSettings.predict`);

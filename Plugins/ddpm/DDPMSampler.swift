@@ -9,12 +9,12 @@
 /// types (models that predict their variance) are not offered.
 import DiffusionPluginKit
 
-final class DDPMInstance: SamplerInstance {
+final class DDPMInstance: TimestepSampler {
     let host: UnsafePointer<dfn_host>
     let settings: SamplerSettings
     let alphasCumprod: [Double]
     let fixedLarge: Bool
-    private var timesteps: [Int32] = []
+    var timesteps: [Int32] = []
     var scratch: [Float] = []
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
@@ -25,13 +25,7 @@ final class DDPMInstance: SamplerInstance {
                                         allowed: ["fixed_small", "fixed_large"]) == "fixed_large"
     }
 
-    func setTimesteps(_ steps: Int) throws -> [Int32] {
-        timesteps = try settings.timesteps(steps: steps, trainSteps: alphasCumprod.count)
-        return timesteps
-    }
-
-    func saveState() -> [UInt8] { SamplerState.encode(timesteps) }
-    func restoreState(_ bytes: [UInt8]) throws { timesteps = try SamplerState.decode(bytes) }
+    var trainSteps: Int { alphasCumprod.count }
 
     /// One ancestral step per image, the posterior q(x_{t−1} | x_t, x̂₀) (Ho et al., eqs. 6–7):
     /// 1. x̂₀ from the model output (`SamplerSettings.predict`);

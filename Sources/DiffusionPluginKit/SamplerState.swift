@@ -21,3 +21,22 @@ public enum SamplerState {
         return (0..<count).map { Int32(bitPattern: word(2 + $0)) }
     }
 }
+
+/// A sampler whose only state is its timesteps, as DDPM's and DDIM's is: it gets
+/// `setTimesteps` (diffusers' spacing rules) and the state blob for free.
+public protocol TimestepSampler: SamplerInstance {
+    var settings: SamplerSettings { get }
+    var trainSteps: Int { get }
+    var timesteps: [Int32] { get set }
+}
+
+extension TimestepSampler {
+    public func setTimesteps(_ steps: Int) throws -> [Int32] {
+        timesteps = try settings.timesteps(steps: steps, trainSteps: trainSteps)
+        return timesteps
+    }
+
+    public func saveState() -> [UInt8] { SamplerState.encode(timesteps) }
+
+    public func restoreState(_ bytes: [UInt8]) throws { timesteps = try SamplerState.decode(bytes) }
+}
