@@ -188,6 +188,9 @@ typedef struct dfn_guidance {
     /* The DFN_NEEDS_* evaluations `combine` reads. */
     uint32_t (*needs)(void *instance);
     int (*combine)(void *instance, const dfn_guidance_inputs *inputs, float *guided, char *error, size_t error_size);
+    /* State for resuming, as dfn_sampler's; NULL for a method without state. */
+    int64_t (*save_state)(void *instance, void *blob, int64_t capacity);
+    int (*restore_state)(void *instance, const void *blob, int64_t size, char *error, size_t error_size);
 } dfn_guidance;
 
 /* ---- The plugin descriptor ------------------------------------------------ */

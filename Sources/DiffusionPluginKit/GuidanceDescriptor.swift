@@ -1,4 +1,5 @@
 /// The C side of a Swift guidance method, as `samplerDescriptor` is for samplers.
+/// Guidance built with it is stateless: everything it needs arrives with each step.
 public protocol GuidanceInstance: AnyObject {
     /// The DFN_NEEDS_* bits of the evaluations `combine` reads.
     var needs: UInt32 { get }
@@ -29,7 +30,9 @@ public func guidanceDescriptor(name: String, summary: String, create: GuidanceCr
         needs: { guidanceBox($0).guidance.needs },  // which evaluations to run
         combine: { pointer, inputs, guided, error, errorSize in  // the guided output of one step
             reporting(error, errorSize) { try guidanceBox(pointer).guidance.combine(inputs!.pointee, into: guided!) }
-        }))
+        },
+        save_state: nil,  // the guidance methods of this kit keep no state between steps
+        restore_state: nil))
 }
 
 final class GuidanceBox {

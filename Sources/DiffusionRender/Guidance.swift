@@ -28,6 +28,25 @@ public final class Guidance: @unchecked Sendable {
 
     deinit { component.descriptor.pointee.destroy(instance) }
 
+    /// The method's state blob (empty for a method without state).
+    public func saveState() -> [UInt8] {
+        guard let save = component.descriptor.pointee.save_state else { return [] }
+        let size = save(instance, nil, 0)
+        var bytes = [UInt8](repeating: 0, count: Int(max(size, 0)))
+        _ = bytes.withUnsafeMutableBytes { save(instance, $0.baseAddress, Int64($0.count)) }
+        return bytes
+    }
+
+    public func restoreState(_ bytes: [UInt8]) throws {
+        guard let restore = component.descriptor.pointee.restore_state else {
+            guard bytes.isEmpty else { throw RenderError("guidance \(name) keeps no state, but a state was given") }
+            return
+        }
+        try pluginCall("guidance \(name)") { error, size in
+            bytes.withUnsafeBytes { restore(instance, $0.baseAddress, Int64(bytes.count), error, size) == DFN_OK }
+        }
+    }
+
     public var needsConditional: Bool { needs & UInt32(DFN_NEEDS_CONDITIONAL) != 0 }
     public var needsUnconditional: Bool { needs & UInt32(DFN_NEEDS_UNCONDITIONAL) != 0 }
     public var needsClassifier: Bool { needs & UInt32(DFN_NEEDS_CLASSIFIER) != 0 }

@@ -34,3 +34,26 @@ import Testing
         #expect(error <= c.tolerance)
     }
 }
+
+/// A U-Net render's images do not depend on the thread count, nor on the other
+/// images of the job (the guidance's two passes share one batch).
+@Suite struct RenderDeterminismTests {
+    func render(_ json: String, threads: Int) throws -> Tensor {
+        let job = try Job(json: Data(json.utf8), source: "job")
+        let model = try TestSupport.models.load(job.model, relativeTo: nil)
+        let render = try Render(job: job, model: model, registry: TestSupport.registry,
+                                runtime: KernelRuntime(threadCount: threads), limits: RenderLimits(), initNoise: nil)
+        return try render.run()
+    }
+
+    @Test func imagesAreTheSameAloneAndOnAnyThreadCount() throws {
+        let job = #"{"model": "unet-tiny", "sampler": "ddpm", "steps": 8, "count": 3, "seed": 9, "class": [1, 2, 3], "guidance": {"kind": "cfg", "scale": 2.5}}"#
+        let one = try render(job, threads: 1)
+        let two = try render(job, threads: 2)
+        #expect(one.isBitIdentical(to: two))
+        let alone = try render(
+            #"{"model": "unet-tiny", "sampler": "ddpm", "steps": 8, "count": 1, "seed": [\#(Job.imageSeed(9, 2))], "class": 3, "guidance": {"kind": "cfg", "scale": 2.5}}"#,
+            threads: 2)
+        #expect(alone.isBitIdentical(to: two.slice(2..<3)))
+    }
+}
