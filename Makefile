@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test bench tools-python fixtures clean
+.PHONY: all deps build test bench demo tools-python fixtures clean
 
 all: build
 
@@ -24,6 +24,18 @@ build: deps
 test: deps
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
+
+# The main job: the default Fashion-MNIST model renders every class, 8 of each,
+# with classifier-free guidance, into out/demo/ (one class a row of grid.png).
+demo: build
+	@mkdir -p out/demo
+	@printf '%s\n' '{"model": "fashion-mnist", "sampler": "ddim", "steps": 50, "seed": 2026, "count": 80,' \
+	  ' "class": [0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3, 4,4,4,4,4,4,4,4,' \
+	  '           5,5,5,5,5,5,5,5, 6,6,6,6,6,6,6,6, 7,7,7,7,7,7,7,7, 8,8,8,8,8,8,8,8, 9,9,9,9,9,9,9,9],' \
+	  ' "guidance": {"kind": "cfg"}, "grid_columns": 8}' > out/demo/job.json
+	.build/release/diffusiond render out/demo/job.json --output out/demo/images --models models
+	@echo "grid: $(CURDIR)/out/demo/images/grid.png (rows: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot)"
+	@echo "images: $(CURDIR)/out/demo/images/image-0000.png ... image-0079.png"
 
 bench: build
 	.build/release/diffusion-bench $(if $(BENCH_PYTHON),--python $(BENCH_PYTHON))

@@ -109,8 +109,12 @@ public struct UNet2DConfig: Sendable, Equatable {
         guard (0...1).contains(downsamplePadding) else {
             throw ModelError("\(source): downsample_padding \(downsamplePadding) is not supported (0 or 1 are)")
         }
-        if let head = attentionHeadDim, let bad = blockOutChannels.first(where: { head <= 0 || $0 % head != 0 }) {
-            throw ModelError("\(source): attention_head_dim \(head) does not divide block_out_channels \(bad)")
+        // Only the blocks that have attention split their channels into heads.
+        var attended = zip(blockOutChannels, downBlockTypes).filter { $0.1 == .attention }.map(\.0)
+        attended += zip(blockOutChannels.reversed(), upBlockTypes).filter { $0.1 == .attention }.map(\.0)
+        if hasMidBlock && addAttention { attended.append(blockOutChannels[levels - 1]) }
+        if let head = attentionHeadDim, let bad = attended.first(where: { head <= 0 || $0 % head != 0 }) {
+            throw ModelError("\(source): attention_head_dim \(head) does not divide the \(bad) channels of an attention block")
         }
         if let groups = attnNormNumGroups, let last = blockOutChannels.last, groups <= 0 || last % groups != 0 {
             throw ModelError("\(source): attn_norm_num_groups \(groups) does not divide \(last) channels")

@@ -22,6 +22,8 @@ public struct Job: Sendable {
     /// relative to the job file) or the file's bytes (sent inline to the daemon).
     public var initNoise: InitNoise?
     public var formats: [Format] = [.png]
+    /// Columns of grid.png; nil: ⌈√count⌉.
+    public var gridColumns: Int?
     /// Daemon keys: queue priority (higher first), preview interval in steps (0 = off),
     /// time limit in seconds (0 = the daemon's default).
     public var priority = 0
@@ -40,7 +42,7 @@ public struct Job: Sendable {
 
     public static let keys: Set<String> = [
         "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "seed", "count", "class",
-        "guidance", "init_noise", "formats", "priority", "preview_every", "time_limit",
+        "guidance", "init_noise", "formats", "grid_columns", "priority", "preview_every", "time_limit",
     ]
 
     public init(model: String) { self.model = model }
@@ -124,6 +126,7 @@ public struct Job: Sendable {
                 return format
             }
         }
+        if let raw = value("grid_columns") { gridColumns = try integer(raw, "grid_columns", 1...1_000_000) }
         if let raw = value("priority") { priority = try integer(raw, "priority", -1000...1000) }
         if let raw = value("preview_every") { previewEvery = try integer(raw, "preview_every", 0...1_000_000) }
         if let raw = value("time_limit") {

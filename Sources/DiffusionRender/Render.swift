@@ -199,6 +199,7 @@ public final class Render: @unchecked Sendable {
             "seed": seeds.map { NSNumber(value: $0) }, "formats": job.formats.map(\.rawValue),
             "priority": job.priority, "preview_every": job.previewEvery, "time_limit": job.timeLimit,
         ]
+        resolved["grid_columns"] = job.gridColumns ?? NSNull()
         resolved["timestep_spacing"] = job.timestepSpacing ?? NSNull()
         resolved["class"] = job.classes ?? NSNull()
         if let guidance = job.guidance {

@@ -36,7 +36,7 @@ public enum RenderOutput {
                                   width: width, height: height, channels: channels,
                                   text: ["diffusiond": try json(text)])
             }
-            let columns = Int(Double(count).squareRoot().rounded(.up))
+            let columns = min(render.job.gridColumns ?? Int(Double(count).squareRoot().rounded(.up)), count)
             let rows = (count + columns - 1) / columns
             try PNGFile.write(path: "\(directory)/grid.png", pixels: pixels(samples, images: 0..<count, columns: columns),
                               width: width * columns, height: height * rows, channels: channels, text: [:])

@@ -4,34 +4,36 @@ import Testing
 @Suite struct Conv2DTests {
     let runtime = KernelRuntime(threadCount: 2)
 
-    static let shapes: [(kernel: Int, stride: Int, padding: Padding, upsample: Bool, size: Int)] = [
-        (3, 1, .uniform(1), false, 9),
-        (3, 2, .uniform(1), false, 10),
-        (3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), false, 8),
-        (1, 1, .uniform(0), false, 12),
-        (3, 1, .uniform(1), true, 6),
+    static let shapes: [(kernel: Int, stride: Int, padding: Padding, upsample: Bool, size: Int, channels: Int)] = [
+        (3, 1, .uniform(1), false, 9, 5),
+        (3, 2, .uniform(1), false, 10, 5),
+        (3, 2, Padding(top: 0, left: 0, bottom: 1, right: 1), false, 8, 5),
+        (1, 1, .uniform(0), false, 12, 5),
+        (3, 1, .uniform(1), true, 6, 5),
+        (3, 1, .uniform(1), false, 24, 5),
         // Large enough for Winograd: plain, odd-sized, and with the fused upsample.
-        (3, 1, .uniform(1), false, 24),
-        (3, 1, .uniform(1), false, 17),
-        (3, 1, .uniform(1), true, 9),
+        (3, 1, .uniform(1), false, 16, 64),
+        (3, 1, .uniform(1), false, 17, 64),
+        (3, 1, .uniform(1), true, 9, 64),
     ]
 
     @Test(arguments: shapes.indices)
     func matchesDirectConvolution(_ index: Int) {
         let s = Self.shapes[index]
-        let input = Reference.random([2, 5, s.size, s.size], seed: 1)
-        let layer = Conv2DLayer(weight: Reference.random([7, 5, s.kernel, s.kernel], seed: 2),
-                                bias: Reference.random([7], seed: 3), stride: s.stride, padding: s.padding)
+        let input = Reference.random([2, s.channels, s.size, s.size], seed: 1)
+        let layer = Conv2DLayer(weight: Reference.random([s.channels + 2, s.channels, s.kernel, s.kernel], seed: 2, scale: 0.2),
+                                bias: Reference.random([s.channels + 2], seed: 3), stride: s.stride, padding: s.padding)
         let output = runtime.conv2d(input, layer, upsampleInput: s.upsample)
         #expect(Reference.maxError(output, Reference.conv2d(input, layer, upsample: s.upsample)) < 1e-4)
     }
 
     @Test func epilogueAddsChannelBiasResidualAndScale() {
-        let input = Reference.random([2, 4, 16, 16], seed: 4)
-        let layer = Conv2DLayer(weight: Reference.random([6, 4, 3, 3], seed: 5), bias: Reference.random([6], seed: 6),
+        // 64 channels at 16x16: the Winograd path's epilogue.
+        let input = Reference.random([2, 64, 16, 16], seed: 4)
+        let layer = Conv2DLayer(weight: Reference.random([64, 64, 3, 3], seed: 5, scale: 0.1), bias: Reference.random([64], seed: 6),
                                 padding: .uniform(1))
-        let channelBias = Reference.random([2, 6], seed: 7)
-        let residual = Reference.random([2, 6, 16, 16], seed: 8)
+        let channelBias = Reference.random([2, 64], seed: 7)
+        let residual = Reference.random([2, 64, 16, 16], seed: 8)
         let output = runtime.conv2d(input, layer, epilogue: ConvEpilogue(channelBias: channelBias, residual: residual,
                                                                          outputScale: 1.5))
         var expected = Reference.conv2d(input, layer)
