@@ -168,13 +168,13 @@ struct ConvGeometry {
                         let end = oy == lastRow ? columns.upperBound - oy * outWidth : outWidth
                         let iy = oy * stride + ky - padding.top
                         if iy < 0 || iy >= inHeight {
-                            out.initialize(repeating: 0, count: end - start)
+                            fill(out, end - start)
                             out += end - start
                             continue
                         }
                         let lo = min(max(start, validStart), end)
                         let hi = max(min(end, validEnd), lo)
-                        if lo > start { out.initialize(repeating: 0, count: lo - start) }
+                        fill(out, lo - start)
                         let dst = out + (lo - start)
                         if upsampled {
                             let line = plane + (iy / 2) * storedWidth
@@ -182,12 +182,12 @@ struct ConvGeometry {
                         } else {
                             let line = plane + iy * storedWidth
                             if stride == 1 {
-                                dst.update(from: line + (lo + kx - padding.left), count: hi - lo)
+                                copy(line + (lo + kx - padding.left), dst, hi - lo)
                             } else {
                                 for ox in lo..<hi { dst[ox - lo] = line[ox * stride + kx - padding.left] }
                             }
                         }
-                        if end > hi { (out + (hi - start)).initialize(repeating: 0, count: end - hi) }
+                        fill(out + (hi - start), end - hi)
                         out += end - start
                     }
                 }
@@ -245,5 +245,31 @@ extension ConvGeometry {
                 }
             }
         }
+    }
+}
+
+/// Copies `count` floats; inline vector moves rather than a library call, since
+/// im2col's rows are short (an output row of 7 to 64 pixels) and numerous.
+@inline(__always)
+private func copy(_ source: UnsafePointer<Float>, _ destination: UnsafeMutablePointer<Float>, _ count: Int) {
+    var i = 0
+    while i &+ 8 <= count {
+        UnsafeMutableRawPointer(destination + i).storeBytes(
+            of: UnsafeRawPointer(source + i).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+        i &+= 8
+    }
+    while i < count {
+        destination[i] = source[i]
+        i &+= 1
+    }
+}
+
+/// Writes `count` zeros (usually one or two: the padding at a row's edge).
+@inline(__always)
+private func fill(_ destination: UnsafeMutablePointer<Float>, _ count: Int) {
+    var i = 0
+    while i < count {
+        destination[i] = 0
+        i &+= 1
     }
 }

@@ -54,15 +54,6 @@ public struct ModelDirectory: Sendable {
         }
     }
 
-    /// The scheduler's config.json as a dictionary, or nil when the directory has none.
-    public func schedulerConfig() throws -> [String: Any]? {
-        guard let data = FileManager.default.contents(atPath: schedulerConfigPath) else { return nil }
-        guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw ModelError("\(schedulerConfigPath): not a JSON object")
-        }
-        return object
-    }
-
     /// model_index.json as a dictionary (empty for the flat layout).
     public func modelIndex() throws -> [String: Any] {
         guard layout == .pipeline else { return [:] }

@@ -37,7 +37,4 @@ public final class ComponentOptions: @unchecked Sendable {
 
     /// Overrides that no component read, sorted.
     public var unreadOverrides: [String] { lock.withLock { overrideKeys.subtracting(read).sorted() } }
-
-    /// Marks keys the host itself consumed (e.g. `beta_schedule`).
-    func markRead(_ keys: [String]) { lock.withLock { read.formUnion(keys) } }
 }

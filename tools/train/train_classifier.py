@@ -126,6 +126,21 @@ def main():
         "minutes": round((time.time() - start) / 60, 1), "test_accuracy_by_timestep": report}, indent=2) + "\n")
     print(f"exported to {directory}", flush=True)
 
+    # A parity check for the Swift runtime: log p(y | x_t) and its input gradient
+    # from the exported (fp16-rounded) weights, on three noised test images.
+    model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    generator = torch.Generator().manual_seed(1)
+    t = torch.tensor([10, 500, 900])
+    a = alphas[t].view(-1, 1, 1, 1)
+    x = (a.sqrt() * test_images[:3] + (1 - a).sqrt() * torch.randn(test_images[:3].shape, generator=generator)).double()
+    model = model.double()
+    x.requires_grad_(True)
+    log_probs = F.log_softmax(model(x, t), dim=1)[torch.arange(3), test_labels[:3]]
+    log_probs.sum().backward()
+    (directory / "reference.json").write_text(json.dumps({
+        "timesteps": t.tolist(), "labels": test_labels[:3].tolist(), "inputs": x.detach().float().flatten().tolist(),
+        "log_probs": log_probs.detach().tolist(), "gradients": x.grad.flatten().tolist()}) + "\n")
+
 
 if __name__ == "__main__":
     main()

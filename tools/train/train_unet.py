@@ -48,6 +48,8 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpoint", default="tools/train/checkpoints/unet.pt")
     parser.add_argument("--output", default="models/fashion-mnist")
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="recorded as recommended_guidance_scale (chosen with tools/eval/evaluate.py)")
     args = parser.parse_args()
     print("command:", " ".join(["python"] + sys.argv), flush=True)
 
@@ -113,7 +115,7 @@ def main():
     DDPMPipeline(unet=ema.half(), scheduler=DDIMScheduler(**SCHEDULE)).save_pretrained(output)
     index_file = output / "model_index.json"
     index = json.loads(index_file.read_text())
-    index.update({"null_class": NULL_CLASS, "training": {"command": " ".join(["python"] + sys.argv), "seed": args.seed,
+    index.update({"null_class": NULL_CLASS, "recommended_guidance_scale": args.guidance_scale, "training": {"command": " ".join(["python"] + sys.argv), "seed": args.seed,
                                                          "steps": step, "minutes": round(seconds / 60, 1)}})
     index_file.write_text(json.dumps(index, indent=2) + "\n")
     print(f"exported the EMA weights to {output}", flush=True)
