@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 from diffusers.models.embeddings import get_timestep_embedding
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from fashion_mnist import load  # noqa: E402
@@ -60,7 +60,7 @@ class TimeConditionedClassifier(nn.Module):
     def forward(self, x, t):
         c = self.config
         emb = get_timestep_embedding(t, c["block_out_channels"][0], flip_sin_to_cos=c["flip_sin_to_cos"],
-                                     downscale_freq_shift=c["freq_shift"])
+                                     downscale_freq_shift=c["freq_shift"]).to(x.dtype)
         a = F.silu(self.time_embedding.linear_2(F.silu(self.time_embedding.linear_1(emb))))
         h = self.conv_in(x)
         for block in self.blocks:
@@ -83,7 +83,13 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output", default="models/fashion-mnist")
+    parser.add_argument("--reference-only", action="store_true", help="only rewrite classifier/reference.json")
     args = parser.parse_args()
+    if args.reference_only:
+        test_images, test_labels = load("t10k")
+        write_reference(pathlib.Path(args.output) / "classifier", DDPMScheduler(**SCHEDULE).alphas_cumprod,
+                        test_images, test_labels)
+        return
     print("command:", " ".join(["python"] + sys.argv), flush=True)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -126,15 +132,19 @@ def main():
         "minutes": round((time.time() - start) / 60, 1), "test_accuracy_by_timestep": report}, indent=2) + "\n")
     print(f"exported to {directory}", flush=True)
 
-    # A parity check for the Swift runtime: log p(y | x_t) and its input gradient
-    # from the exported (fp16-rounded) weights, on three noised test images.
-    model.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    write_reference(directory, alphas, test_images, test_labels)
+
+
+def write_reference(directory, alphas, test_images, test_labels):
+    """A parity check for the Swift runtime: log p(y | x_t) and its input gradient
+    from the exported (fp16) weights, in float64, on three noised test images."""
+    model = TimeConditionedClassifier(CONFIG).double()
+    model.load_state_dict({k: v.double() for k, v in load_file(directory / "model.safetensors").items()})
     generator = torch.Generator().manual_seed(1)
     t = torch.tensor([10, 500, 900])
     a = alphas[t].view(-1, 1, 1, 1)
-    x = (a.sqrt() * test_images[:3] + (1 - a).sqrt() * torch.randn(test_images[:3].shape, generator=generator)).double()
-    model = model.double()
-    x.requires_grad_(True)
+    x = (a.sqrt() * test_images[:3] + (1 - a).sqrt() * torch.randn(test_images[:3].shape, generator=generator))
+    x = x.float().double().requires_grad_(True)
     log_probs = F.log_softmax(model(x, t), dim=1)[torch.arange(3), test_labels[:3]]
     log_probs.sum().backward()
     (directory / "reference.json").write_text(json.dumps({

@@ -34,7 +34,7 @@ UNET = dict(
     up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
     attention_head_dim=32, norm_num_groups=8, num_class_embeds=11)
 SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon",
-                clip_sample=True)
+                clip_sample=False)  # clipping x0 at the cosine schedule's first steps saturates samples
 
 
 def main():
