@@ -62,9 +62,8 @@ final class DDIMInstance: TimestepSampler {
                 let out = previous + offset
                 for i in 0..<size { out[i] = keep * x0[i] + direction * epsilon[i] }
                 if eta > 0 {
-                    guard let generator = generators?[image] else { throw PluginError("eta > 0 needs a generator per image") }
-                    host.pointee.random_normal(generator, Int64(size), noise)
-                    host.pointee.axpby(Int64(size), Float(sigma), noise, 1, out)
+                    try addNoise(host: host, generators: generators, image: image, sigma: sigma, into: out, count: size,
+                                 scratch: noise)
                 }
                 original?.advanced(by: offset).update(from: x0, count: size)
             }

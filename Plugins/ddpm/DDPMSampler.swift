@@ -55,9 +55,8 @@ final class DDPMInstance: TimestepSampler {
                 let out = previous + offset
                 for i in 0..<size { out[i] = originalCoefficient * x0[i] + sampleCoefficient * sample[offset + i] }
                 if t > 0 {
-                    guard let generator = generators?[image] else { throw PluginError("ddpm needs a generator per image") }
-                    host.pointee.random_normal(generator, Int64(size), noise)
-                    host.pointee.axpby(Int64(size), Float(variance.squareRoot()), noise, 1, out)
+                    try addNoise(host: host, generators: generators, image: image, sigma: variance.squareRoot(), into: out,
+                                 count: size, scratch: noise)
                 }
                 original?.advanced(by: offset).update(from: x0, count: size)
             }

@@ -91,3 +91,14 @@ public struct SamplerSettings: Sendable {
         }
     }
 }
+
+/// Adds σ·z to one image's `count` values, z drawn from that image's generator
+/// into `scratch`: the noise term every stochastic sampler step ends with.
+public func addNoise(host: UnsafePointer<dfn_host>, generators: UnsafePointer<OpaquePointer?>?, image: Int,
+                     sigma: Double, into values: UnsafeMutablePointer<Float>, count: Int,
+                     scratch: UnsafeMutablePointer<Float>) throws
+{
+    guard let generator = generators?[image] else { throw PluginError("this step needs a generator per image") }
+    host.pointee.random_normal(generator, Int64(count), scratch)
+    host.pointee.axpby(Int64(count), Float(sigma), scratch, 1, values)
+}
