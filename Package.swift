@@ -12,6 +12,7 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .executable(name: "diffusiond", targets: ["diffusiond"]),
+        .executable(name: "diffctl", targets: ["diffctl"]),
         .executable(name: "diffusion-bench", targets: ["diffusion-bench"]),
         // Plugins: libdiffusion-plugin-NAME.so, loaded by the host with dlopen.
         .library(name: "diffusion-plugin-schedules", type: .dynamic, targets: ["SchedulesPlugin"]),
@@ -22,6 +23,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
     ],
     targets: [
         // C libraries, each behind a module map (system libraries) or a small shim.
@@ -30,6 +32,7 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CPNG", linkerSettings: [.linkedLibrary("png16")]),
         .target(name: "CAffinity"),
+        .target(name: "CSocket"),
 
         // The plugin contract: one C header, and helpers for plugins written in Swift.
         .systemLibrary(name: "DiffusionPluginABI"),
@@ -50,14 +53,23 @@ let package = Package(
         .target(name: "DiffusionRender", dependencies: ["DiffusionModels", "DiffusionPluginABI", "CPNG"],
                 swiftSettings: nativeCode),
 
+        // The daemon: libuv loop, spool, socket protocol, SQLite queue, render worker; and its client.
+        .target(name: "DiffusionDaemon", dependencies: [
+            "DiffusionRender", "CUV", "CSQLite", "CSocket", .product(name: "Logging", package: "swift-log"),
+        ]),
+
         .executableTarget(
             name: "diffusiond",
-            dependencies: ["DiffusionRender", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+            dependencies: ["DiffusionDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
+        .executableTarget(
+            name: "diffctl",
+            dependencies: ["DiffusionDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionRender"], swiftSettings: nativeCode),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DiffusionKernelsTests", dependencies: ["DiffusionKernels"]),
+        .testTarget(name: "DiffusionDaemonTests", dependencies: ["DiffusionDaemon"]),
         .testTarget(
             name: "DiffusionModelsTests", dependencies: ["DiffusionModels"],
             resources: [.copy("Fixtures")]),

@@ -39,10 +39,11 @@ public final class Render: @unchecked Sendable {
     {
         let shape = model.denoiser.sampleShape
         let imageValues = shape.reduce(1, *)
+        let pixels = shape.dropFirst().reduce(1, *)
         guard job.steps <= limits.maxSteps else { throw RenderError("steps \(job.steps) is over the limit of \(limits.maxSteps)") }
         guard job.count <= limits.maxCount else { throw RenderError("count \(job.count) is over the limit of \(limits.maxCount)") }
-        guard imageValues <= limits.maxImageValues else {
-            throw RenderError("images of \(shape) are over the limit of \(limits.maxImageValues) values")
+        guard pixels <= limits.maxPixels else {
+            throw RenderError("images of \(shape.dropFirst().map(String.init).joined(separator: "x")) pixels are over the limit of \(limits.maxPixels) pixels")
         }
         self.job = job
         self.model = model

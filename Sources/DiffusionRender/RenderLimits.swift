@@ -2,8 +2,8 @@
 public struct RenderLimits: Sendable {
     public var maxSteps = 1000
     public var maxCount = 100
-    /// Values per image (channels x height x width).
-    public var maxImageValues = 3 * 512 * 512
+    /// Pixels per image (height x width).
+    public var maxPixels = 512 * 512
 
     public init() {}
 }

@@ -1,6 +1,7 @@
 // diffusiond: the render daemon's command line. The work happens in the library
 // modules; this file only parses arguments and prints.
 import ArgumentParser
+import DiffusionDaemon
 import DiffusionRender
 import Foundation
 
@@ -8,7 +9,65 @@ import Foundation
 struct Diffusiond: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A batch render daemon for diffusion models on CPUs.",
-        subcommands: [RenderJob.self])
+        discussion: "Without a subcommand, runs the daemon in the foreground (docs/protocol.md, etc/diffusiond.toml).",
+        subcommands: [Serve.self, CheckConfig.self, RenderJob.self], defaultSubcommand: Serve.self)
+}
+
+/// Reads the configuration, or the defaults without `--config`; a bad file is one line and exit 1.
+func loadConfig(_ path: String?) throws -> DaemonConfig {
+    guard let path else { return DaemonConfig() }
+    do {
+        return try DaemonConfig(path: path)
+    } catch let error as ConfigError {
+        FileHandle.standardError.write(Data("diffusiond: \(error.message)\n".utf8))
+        throw ExitCode(1)
+    }
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the daemon in the foreground (the default).")
+
+    @Option(help: "The configuration file (etc/diffusiond.toml documents every key).") var config: String?
+
+    func run() throws {
+        let settings = try loadConfig(config)
+        DaemonLog.bootstrap(level: settings.logLevel)
+        do {
+            let daemon = try Daemon(config: settings)
+            let status = try daemon.run()
+            throw ExitCode(status)
+        } catch let error as ExitCode {
+            throw error
+        } catch {
+            FileHandle.standardError.write(Data("<3>diffusiond: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+struct CheckConfig: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-config", abstract: "Check a configuration file and print the settings it gives.")
+
+    @Option(help: "The configuration file.") var config: String?
+
+    func run() throws {
+        let settings = try loadConfig(config)
+        print("""
+            state      \(settings.stateDirectory)
+            spool      \(settings.spool)
+            socket     \(settings.socketPath)
+            database   \(settings.database)
+            outputs    \(settings.outputs)
+            plugins    \(settings.allPluginDirectories.joined(separator: ", "))
+            models     \(settings.allModelDirectories.joined(separator: ", "))
+            threads    \(settings.threads)
+            limits     steps \(settings.limits.maxSteps), count \(settings.limits.maxCount), pixels \(settings.limits.maxPixels), \(settings.jobSeconds) s per job
+            queue      \(settings.maxAttempts) attempts, backoff \(settings.retryBackoffSeconds) s
+            history    \(settings.keepJobs) jobs, \(settings.keepDays) days
+            log        \(settings.logLevel.rawValue)
+            """)
+    }
 }
 
 struct RenderJob: ParsableCommand {
@@ -17,6 +76,7 @@ struct RenderJob: ParsableCommand {
 
     @Argument(help: "The job file (docs/jobs.md).") var job: String
     @Option(help: "The directory for the images (created).") var output: String
+    @Option(help: "A configuration file whose limits, threads, plugin and model directories apply.") var config: String?
     @Option(name: .customLong("models"), help: "A directory of named models (repeatable).") var modelDirectories: [String] = []
     @Option(name: .customLong("plugins"), help: "A plugin directory (repeatable; default: beside this program and the installed one).")
     var pluginDirectories: [String] = []
@@ -25,7 +85,14 @@ struct RenderJob: ParsableCommand {
 
     func run() throws {
         var render = OneShotRender()
-        render.modelDirectories = modelDirectories
+        if let config {
+            let settings = try loadConfig(config)
+            render.limits = settings.limits
+            render.threads = settings.threads
+            render.pluginDirectories = settings.allPluginDirectories
+            render.modelDirectories = settings.allModelDirectories
+        }
+        render.modelDirectories = modelDirectories + render.modelDirectories
         if !pluginDirectories.isEmpty { render.pluginDirectories = pluginDirectories }
         if let threads {
             guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }

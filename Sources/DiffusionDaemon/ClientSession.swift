@@ -1,0 +1,65 @@
+import CSocket
+import Foundation
+
+/// One client on the socket: JSON Lines in, JSON Lines out (docs/protocol.md).
+///
+/// A line longer than the frame limit is answered with one error and skipped up
+/// to its newline, so the connection stays usable; the peer's uid is read once,
+/// with SO_PEERCRED, when it connects.
+final class ClientSession {
+    let connection: PipeConnection
+    let uid: uid_t
+    let pid: pid_t
+    private var buffer: [UInt8] = []
+    private var discarding = false
+    private let maxFrameBytes: Int
+    /// Jobs this client watches.
+    var watching: Set<Int> = []
+
+    /// Progress events are skipped for a client this far behind (end events never are).
+    static let slowClientBytes = 1 << 20
+
+    init?(connection: PipeConnection, maxFrameBytes: Int) {
+        var uid = uid_t(), gid = gid_t(), pid = pid_t()
+        guard let fd = connection.fileDescriptor, dfn_peer_credentials(fd, &uid, &gid, &pid) == 0 else { return nil }
+        self.connection = connection
+        self.uid = uid
+        self.pid = pid
+        self.maxFrameBytes = maxFrameBytes
+    }
+
+    /// Splits `bytes` into lines and hands each complete one to `handle`;
+    /// `oversize` is called once for each line over the limit.
+    func feed(_ bytes: UnsafeRawBufferPointer, handle: (Data) -> Void, oversize: () -> Void) {
+        var start = 0
+        for (index, byte) in bytes.enumerated() where byte == UInt8(ascii: "\n") {
+            if discarding {
+                discarding = false
+            } else if buffer.count + index - start > maxFrameBytes {
+                buffer.removeAll(keepingCapacity: true)
+                oversize()
+            } else {
+                buffer.append(contentsOf: bytes[start..<index])
+                let line = Data(buffer)
+                buffer.removeAll(keepingCapacity: true)
+                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { handle(line) }
+            }
+            start = index + 1
+        }
+        guard !discarding else { return }
+        buffer.append(contentsOf: bytes[start...])
+        if buffer.count > maxFrameBytes {
+            buffer.removeAll()
+            discarding = true
+            oversize()
+        }
+    }
+
+    func send(_ object: [String: Any]) {
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]) else { return }
+        data.append(UInt8(ascii: "\n"))
+        connection.write(data)
+    }
+
+    var isBehind: Bool { connection.pendingWriteBytes > Self.slowClientBytes }
+}

@@ -1,0 +1,356 @@
+import CUV
+import DiffusionModels
+import DiffusionRender
+import Foundation
+import Logging
+
+/// The daemon: one libuv loop owning the spool watcher, the socket, timers and
+/// signals; a SQLite queue; one render worker thread. Everything here runs on
+/// the loop's thread; the worker talks back only through `WorkerEvent`s.
+public final class Daemon {
+    let config: DaemonConfig
+    let loop: EventLoop
+    let store: JobStore
+    let spool: Spool
+    var registry: PluginRegistry
+    let log = Logger(label: "diffusiond")
+    let notifier = SystemdNotifier()
+    private let lock: StateLock
+    private var worker: RenderWorker!
+    private var boundSocketPath: String?
+
+    /// The job the worker has, with its live progress.
+    struct Running {
+        let assignment: RenderAssignment
+        let startedAt: UInt64
+        var step = 0
+        var total: Int
+        /// Clients waiting for a cancel to take effect.
+        var cancelRequests: [(ClientSession, Any?)] = []
+    }
+    var running: Running?
+    var sessions: [ObjectIdentifier: ClientSession] = [:]
+    var watchers: [Int: [ClientSession]] = [:]
+    private var stopping = false
+    let startedAt = Date()
+    var imagesRendered = 0
+    private var scanTimer: LoopTimer!
+    private var scanPending = false
+    private var backoffTimer: LoopTimer!
+
+    /// Opens the state directory, the queue and the socket; `run()` then serves.
+    public init(config: DaemonConfig) throws {
+        self.config = config
+        for directory in [config.stateDirectory, config.outputs, config.checkpoints] {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        }
+        chmod(config.outputs, 0o755)
+        lock = try StateLock(path: "\(config.stateDirectory)/diffusiond.lock")
+        store = try JobStore(path: config.database)
+        spool = try Spool(root: config.spool, maxBytes: config.maxRequestBytes)
+        registry = PluginRegistry(directories: config.allPluginDirectories)
+        loop = try EventLoop()
+    }
+
+    /// Serves until SIGTERM or SIGINT; returns the process's exit status.
+    public func run() throws -> Int32 {
+        // A parent may have started us with signals blocked (test runners do);
+        // the loop's signal handles need them delivered.
+        var none = sigset_t()
+        sigemptyset(&none)
+        sigprocmask(SIG_SETMASK, &none, nil)
+        signal(SIGPIPE, SIG_IGN)
+        for problem in registry.problems { log.warning("\(problem)") }
+        log.info("plugins: \(registry.libraries.map(\.name).joined(separator: ", "))")
+        for id in try store.requeueInterrupted() { log.notice("job \(id) was running when the daemon stopped; queued again") }
+
+        let wake = LoopAsync(loop) { [unowned self] in drainWorker() }
+        worker = RenderWorker(wake: wake, registry: registry, modelDirectories: config.allModelDirectories,
+                              cacheBytes: config.modelCacheMB << 20, limits: config.limits, threads: config.threads)
+        worker.start()
+
+        let endpoint: PipeServer.Endpoint
+        if let fd = SystemdNotifier.listenSocket() {
+            endpoint = .inherited(fd)
+            log.info("listening on the socket systemd passed (fd \(fd))")
+        } else {
+            endpoint = .path(config.socketPath, mode: 0o660)
+            boundSocketPath = config.socketPath
+            log.info("listening on \(config.socketPath)")
+        }
+        _ = try PipeServer(loop, endpoint: endpoint) { [unowned self] connection in accept(connection) }
+
+        for signal in [SIGTERM, SIGINT] { _ = try LoopSignal(loop, signal: signal) { [unowned self] in stop() } }
+        _ = try LoopSignal(loop, signal: SIGHUP) { [unowned self] in reload() }
+
+        scanTimer = LoopTimer(loop) { [unowned self] in scanSpool() }
+        _ = try LoopDirectoryWatch(loop, path: spool.new) { [unowned self] in scanSoon() }
+        LoopTimer(loop) { [unowned self] in scanSoon() }.start(after: 2000, repeatEvery: 2000)
+        backoffTimer = LoopTimer(loop) { [unowned self] in dispatch() }
+        LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 3_600_000)
+        if let interval = notifier.watchdogMilliseconds {
+            LoopTimer(loop) { [unowned self] in notifier.watchdog() }.start(after: interval, repeatEvery: interval)
+        }
+
+        try store.dropReceipts(keeping: Set(spool.candidates()))
+        scanSpool()
+        prune()
+        dispatch()
+        notifier.ready(status: statusLine)
+        log.notice("diffusiond \(RenderOutput.programVersion) ready: state \(config.stateDirectory)")
+
+        loop.run()
+
+        let clean = loop.close()
+        if let boundSocketPath { unlink(boundSocketPath) }
+        log.notice("stopped; every loop handle closed: \(clean ? "yes" : "no")")
+        return clean ? 0 : 1
+    }
+
+    // MARK: Scheduling
+
+    /// Hands the next runnable job to the worker when it is free.
+    func dispatch() {
+        guard !stopping, running == nil else { return }
+        do {
+            let now = JobStore.now()
+            guard let record = try store.nextRunnable(now: now) else {
+                if let next = try store.earliestBackoff(after: now) {
+                    backoffTimer.start(after: UInt64(max((next - now) * 1000, 1)))
+                }
+                notifier.status(statusLine)
+                return
+            }
+            let job: Job
+            do {
+                job = try Job(json: record.job, source: "job \(record.id)")
+            } catch {
+                try store.transition(record.id, from: [.queued], to: .failed, reason: "\(error)", error: "\(error)")
+                return dispatch()
+            }
+            let attempt = "attempt \(record.attempts + 1) of \(record.maxAttempts)"
+            guard try store.transition(record.id, from: [.queued], to: .running, reason: "started, \(attempt)") else { return }
+            let limit = config.jobSeconds > 0 ? config.jobSeconds : .infinity
+            let assignment = RenderAssignment(
+                id: record.id, job: job, outputDirectory: OutputDirectory.path(outputs: config.outputs, id: record.id),
+                owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,
+                control: RenderControl())
+            running = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps)
+            worker.assign(assignment)
+            log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
+            notifier.status(statusLine)
+            publish(record.id, event: "state")
+        } catch {
+            log.error("the queue cannot be read: \(error)")
+        }
+    }
+
+    private func drainWorker() {
+        for event in worker.takeEvents() {
+            do {
+                try handle(event)
+            } catch {
+                log.error("the queue cannot be written: \(error)")
+            }
+        }
+        dispatch()
+    }
+
+    private func handle(_ event: WorkerEvent) throws {
+        switch event {
+        case .progress(let id, let step, let total):
+            guard running?.assignment.id == id else { return }
+            running!.step = step
+            running!.total = total
+            publish(id, event: "progress")
+        case .succeeded(let id, let images):
+            try store.setProgress(id, step: running?.total ?? 0, imagesDone: images)
+            try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s)")
+            imagesRendered += images
+            finishRunning(id)
+            prune()
+        case .failed(let id, let error, let retryable):
+            let state = try store.fail(id, error: error, retryable: retryable, backoffSeconds: config.retryBackoffSeconds)
+            log.warning("job \(id) \(state == .queued ? "failed, will retry" : "failed"): \(error)")
+            finishRunning(id)
+        case .canceled(let id):
+            try store.transition(id, from: [.running], to: .canceled, reason: "canceled while running", error: "canceled")
+            finishRunning(id)
+        case .abandoned(let id):
+            finishRunning(id)
+        }
+    }
+
+    /// The worker is done with `id`: answer waiting cancels, tell watchers.
+    private func finishRunning(_ id: Int) {
+        guard let done = running, done.assignment.id == id else { return }
+        running = nil
+        let record = try? store.record(id)
+        for (session, tag) in done.cancelRequests {
+            if record?.state == .canceled {
+                reply(session, tag: tag, ["job": record.map(jobObject) ?? NSNull()])
+            } else {
+                replyError(session, tag: tag, "job \(id) ended \(record?.state.rawValue ?? "") before the cancel took effect")
+            }
+        }
+        publish(id, event: record?.state.isFinished == true ? "end" : "state")
+    }
+
+    // MARK: Spool
+
+    private func scanSoon() {
+        guard !scanPending, !stopping else { return }
+        scanPending = true
+        scanTimer.start(after: 0)
+    }
+
+    private func scanSpool() {
+        scanPending = false
+        var queued = false
+        spool.scan(admit: { entry in
+            do {
+                if try store.receipt(name: entry.name, hash: entry.hash) != nil { return .queued }
+                let record = try admit(entry.data, owner: Owner(uid: Int(entry.owner)), source: "spool \(entry.name)",
+                                       receipt: (entry.name, entry.hash))
+                log.info("job \(record.id) from spool file \(entry.name) (uid \(entry.owner))")
+                queued = true
+                return .queued
+            } catch let error as StoreError {
+                log.error("spool file \(entry.name) left for later: \(error)")
+                return .later(error.message)
+            } catch {
+                return .rejected("\(error)")
+            }
+        }, picked: { entry in
+            try? store.dropReceipt(name: entry.name, hash: entry.hash)
+        }, refused: { name, reason in
+            log.warning("spool file \(name) rejected: \(reason)")
+            try? store.logEvent("rejected", "spool file \(name): \(reason)")
+        })
+        if queued { dispatch() }
+    }
+
+    /// Checks a job as the daemon accepts it (docs/jobs.md, plus the daemon's
+    /// rules: a model by name only, init_noise inline, the configured limits)
+    /// and queues it.
+    func admit(_ data: Data, owner: Owner, source: String, receipt: (name: String, hash: String)? = nil) throws -> JobRecord {
+        let label = source.hasPrefix("spool ") ? String(source.dropFirst(6)) : "job"
+        let job = try Job(json: data, source: label)
+        guard !job.model.contains("/"), !job.model.hasPrefix(".") else {
+            throw RenderError("\(label): model must be the name of an installed model (see `diffctl models`), not a path")
+        }
+        guard config.allModelDirectories.contains(where: { FileManager.default.fileExists(atPath: "\($0)/\(job.model)") }) else {
+            throw RenderError("\(label): no model named \"\(job.model)\" (see `diffctl models`)")
+        }
+        if case .path? = job.initNoise {
+            throw RenderError("\(label): init_noise must be inline ({\"npy_base64\": ...}); the daemon opens no file a job names")
+        }
+        if let sampler = job.sampler, registry.samplers[sampler] == nil {
+            throw RenderError("\(label): no sampler \"\(sampler)\" (available: \(registry.samplers.keys.sorted().joined(separator: ", ")))")
+        }
+        if let kind = job.guidance?.kind, registry.guidances[kind] == nil {
+            throw RenderError("\(label): no guidance \"\(kind)\" (available: \(registry.guidances.keys.sorted().joined(separator: ", ")))")
+        }
+        guard job.steps <= config.limits.maxSteps else {
+            throw RenderError("\(label): steps \(job.steps) is over the limit of \(config.limits.maxSteps)")
+        }
+        guard job.count <= config.limits.maxCount else {
+            throw RenderError("\(label): count \(job.count) is over the limit of \(config.limits.maxCount)")
+        }
+        if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
+            throw RenderError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
+        }
+        return try store.insert(job: data, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
+                                source: source, maxAttempts: config.maxAttempts, receipt: receipt)
+    }
+
+    // MARK: Clients
+
+    private func accept(_ connection: PipeConnection) {
+        guard let session = ClientSession(connection: connection, maxFrameBytes: config.maxRequestBytes) else {
+            connection.close()
+            return
+        }
+        let key = ObjectIdentifier(session)
+        sessions[key] = session
+        connection.onRead = { [unowned self, unowned session] bytes in
+            session.feed(bytes, handle: { line in handleRequest(line, from: session) }, oversize: {
+                replyError(session, tag: nil, "a request is over the limit of \(config.maxRequestBytes) bytes")
+            })
+        }
+        connection.onClose = { [unowned self] in
+            if let session = sessions.removeValue(forKey: key) {
+                for id in session.watching { watchers[id]?.removeAll { $0 === session } }
+            }
+        }
+        connection.startReading()
+    }
+
+    // MARK: Lifecycle
+
+    /// SIGTERM/SIGINT: the running job goes back to the queue (its last
+    /// checkpoint kept), every handle closes and `run()` returns.
+    private func stop() {
+        guard !stopping else { return }
+        stopping = true
+        notifier.stopping()
+        log.notice("stopping")
+        if let current = running {
+            current.assignment.control.stop.store(true, ordering: .relaxed)
+            _ = try? store.transition(current.assignment.id, from: [.running], to: .queued, reason: "the daemon stopped; queued again")
+            running = nil
+        }
+        // The worker may still be inside a step; it will find no loop to report to.
+        worker.detach()
+        let closed = loop.closeAllHandles()
+        log.info("closing \(closed) loop handles")
+    }
+
+    /// SIGHUP: rescan plugins (new jobs see them; the running one keeps its own).
+    private func reload() {
+        let fresh = PluginRegistry(directories: config.allPluginDirectories)
+        for problem in fresh.problems { log.warning("\(problem)") }
+        registry = fresh
+        worker.replaceRegistry(fresh)
+        log.notice("reloaded: plugins \(fresh.libraries.map(\.name).joined(separator: ", "))")
+    }
+
+    private func prune() {
+        do {
+            let pruned = try store.prune(keepJobs: config.keepJobs, keepDays: config.keepDays)
+            for id in pruned { OutputDirectory.remove(outputs: config.outputs, id: id) }
+            if !pruned.isEmpty { log.info("pruned \(pruned.count) finished job(s) from the history") }
+        } catch {
+            log.error("pruning failed: \(error)")
+        }
+    }
+
+    var statusLine: String {
+        let counts = (try? store.countsByState()) ?? [:]
+        let doing = running.map { "rendering job \($0.assignment.id) (\($0.step)/\($0.total))" } ?? "idle"
+        return "\(doing); \(counts[.queued, default: 0]) queued"
+    }
+}
+
+/// One daemon per state directory: an exclusive flock on `diffusiond.lock`,
+/// held for the process's life, with the holder's pid in the file.
+final class StateLock {
+    private let fd: Int32
+
+    init(path: String) throws {
+        fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw DaemonError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            var buffer = [UInt8](repeating: 0, count: 32)
+            let count = pread(fd, &buffer, buffer.count, 0)
+            let holder = String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+            close(fd)
+            throw DaemonError("another diffusiond (pid \(holder.isEmpty ? "unknown" : holder)) is running on \(URL(fileURLWithPath: path).deletingLastPathComponent().path)")
+        }
+        ftruncate(fd, 0)
+        let pid = "\(getpid())\n"
+        _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
+    }
+
+    deinit { close(fd) }
+}

@@ -1,0 +1,87 @@
+import Foundation
+
+/// A blocking client of the daemon's socket, for diffctl, tests and benchmarks:
+/// one JSON object per line each way (docs/protocol.md).
+public final class DaemonClient {
+    public struct NoDaemon: Error, CustomStringConvertible {
+        public let message: String
+        public var description: String { message }
+    }
+
+    private let fd: Int32
+    private var buffer: [UInt8] = []
+
+    /// The socket diffctl talks to: `--socket`, then `$DIFFUSIOND_SOCKET`, then the default.
+    public static func socketPath(_ option: String?) -> String {
+        option ?? ProcessInfo.processInfo.environment["DIFFUSIOND_SOCKET"] ?? DaemonConfig().socketPath
+    }
+
+    public init(socketPath: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw NoDaemon(message: "cannot make a socket: \(String(cString: strerror(errno)))") }
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(socketPath.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
+            close(fd)
+            throw NoDaemon(message: "socket path \(socketPath) is too long")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard status == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw NoDaemon(message: "no daemon at \(socketPath): \(reason)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    /// Sends one request object.
+    public func send(_ request: [String: Any]) throws {
+        var data = try JSONSerialization.data(withJSONObject: request, options: [.withoutEscapingSlashes])
+        data.append(UInt8(ascii: "\n"))
+        try sendRaw(data)
+    }
+
+    /// Sends bytes as they are (tests send malformed frames this way).
+    public func sendRaw(_ data: Data) throws {
+        try data.withUnsafeBytes { raw in
+            var done = 0
+            while done < raw.count {
+                let sent = Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
+                guard sent > 0 else { throw NoDaemon(message: "the daemon closed the connection") }
+                done += sent
+            }
+        }
+    }
+
+    /// The next reply line, as an object.
+    public func receive() throws -> [String: Any] {
+        while true {
+            if let newline = buffer.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Data(buffer[..<newline])
+                buffer.removeSubrange(...newline)
+                guard let object = try? JSONSerialization.jsonObject(with: line) as? [String: Any] else {
+                    throw NoDaemon(message: "the daemon sent a line that is not a JSON object")
+                }
+                return object
+            }
+            var chunk = [UInt8](repeating: 0, count: 65536)
+            let count = recv(fd, &chunk, chunk.count, 0)
+            guard count > 0 else { throw NoDaemon(message: "the daemon closed the connection") }
+            buffer += chunk[..<count]
+        }
+    }
+
+    /// One request, one reply.
+    public func call(_ request: [String: Any]) throws -> [String: Any] {
+        try send(request)
+        return try receive()
+    }
+}

@@ -1,0 +1,121 @@
+import DiffusionRender
+import Foundation
+import Logging
+
+/// The daemon's configuration, `etc/diffusiond.toml` (documented key by key in
+/// that file). Every key is optional; relative paths are relative to the file.
+/// An unknown key or a value of the wrong type is an error that names the key.
+public struct DaemonConfig: Sendable {
+    public var stateDirectory = "/var/lib/diffusiond"
+    public var spoolDirectory: String?
+    public var socketPath = "/run/diffusiond.sock"
+    public var databasePath: String?
+    public var outputsDirectory: String?
+    /// Added before the built-in directories.
+    public var pluginDirectories: [String] = []
+    public var modelDirectories: [String] = []
+
+    public var threads = ProcessInfo.processInfo.activeProcessorCount
+    public var limits = RenderLimits()
+    /// Seconds a job may render (a job's own `time_limit` may only ask for less).
+    public var jobSeconds = 3600.0
+    public var maxRequestBytes = 16 << 20
+    public var maxAttempts = 3
+    public var retryBackoffSeconds = 10.0
+    public var checkpointEverySteps = 10
+    public var previewEverySteps = 0
+    public var keepJobs = 1000
+    public var keepDays = 30.0
+    public var modelCacheMB = 1024
+    public var logLevel = Logger.Level.info
+
+    public var spool: String { spoolDirectory ?? "\(stateDirectory)/spool" }
+    public var database: String { databasePath ?? "\(stateDirectory)/queue.sqlite" }
+    public var outputs: String { outputsDirectory ?? "\(stateDirectory)/outputs" }
+    public var checkpoints: String { "\(stateDirectory)/checkpoints" }
+
+    public static let installedModels = "/usr/local/share/diffusiond/models"
+
+    public init() {}
+
+    /// Reads `path`; a missing file is an error (the defaults need no file).
+    public init(path: String) throws {
+        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("\(path): cannot read the file") }
+        let base = URL(fileURLWithPath: path).standardized.deletingLastPathComponent().path
+        let document: TOMLDocument
+        do {
+            document = try TOMLDocument(String(decoding: data, as: UTF8.self))
+        } catch let error as TOMLDocument.ParseError {
+            throw ConfigError("\(path): \(error)")
+        }
+        func resolve(_ value: String) -> String {
+            URL(fileURLWithPath: value.hasPrefix("/") ? value : "\(base)/\(value)").standardized.path
+        }
+        for (key, value, line) in document.values {
+            func fail(_ what: String) -> ConfigError { ConfigError("\(path):\(line): \(key) must be \(what)") }
+            func text() throws -> String {
+                guard let text = value as? String, !text.isEmpty else { throw fail("a non-empty string") }
+                return text
+            }
+            func paths() throws -> [String] {
+                guard let list = value as? [Any], let texts = list as? [String], !texts.contains("") else {
+                    throw fail("a list of paths")
+                }
+                return texts.map(resolve)
+            }
+            func integer(_ range: ClosedRange<Int>) throws -> Int {
+                guard let number = value as? Int, range.contains(number) else {
+                    throw fail("a whole number in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return number
+            }
+            func seconds() throws -> Double {
+                let number = (value as? Int).map(Double.init) ?? value as? Double
+                guard let number, number >= 0 else { throw fail("a number of seconds, 0 or more") }
+                return number
+            }
+            switch key {
+            case "paths.state": stateDirectory = resolve(try text())
+            case "paths.spool": spoolDirectory = resolve(try text())
+            case "paths.socket": socketPath = resolve(try text())
+            case "paths.database": databasePath = resolve(try text())
+            case "paths.outputs": outputsDirectory = resolve(try text())
+            case "paths.plugins": pluginDirectories = try paths()
+            case "paths.models": modelDirectories = try paths()
+            case "render.threads": threads = try integer(1...256)
+            case "limits.max_steps": limits.maxSteps = try integer(1...100_000)
+            case "limits.max_count": limits.maxCount = try integer(1...100_000)
+            case "limits.max_pixels": limits.maxPixels = try integer(1...(1 << 26))
+            case "limits.job_seconds": jobSeconds = try seconds()
+            case "limits.max_request_bytes": maxRequestBytes = try integer(1024...(1 << 30))
+            case "queue.max_attempts": maxAttempts = try integer(1...100)
+            case "queue.retry_backoff_seconds": retryBackoffSeconds = try seconds()
+            case "checkpoint.every_steps": checkpointEverySteps = try integer(0...1_000_000)
+            case "previews.every_steps": previewEverySteps = try integer(0...1_000_000)
+            case "history.keep_jobs": keepJobs = try integer(0...100_000_000)
+            case "history.keep_days": keepDays = try seconds()
+            case "models.cache_mb": modelCacheMB = try integer(0...1_000_000)
+            case "log.level":
+                guard let level = Logger.Level(rawValue: try text()) else {
+                    throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                logLevel = level
+            default:
+                throw ConfigError("\(path):\(line): unknown key \(key) (etc/diffusiond.toml lists every key)")
+            }
+        }
+    }
+
+    /// Plugin directories: the configured ones, then the built-in ones.
+    public var allPluginDirectories: [String] { pluginDirectories + PluginRegistry.defaultDirectories() }
+
+    /// Model directories: the configured ones, then the installed default models.
+    public var allModelDirectories: [String] { modelDirectories + [Self.installedModels] }
+}
+
+/// A configuration mistake, as one line naming the file, line and key.
+public struct ConfigError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,270 @@
+import CUV
+import Foundation
+
+/// The daemon's one libuv loop, and Swift owners for the handles it uses.
+///
+/// Every handle is a `LoopHandle`: its uv handle's `data` holds a retained
+/// reference to the Swift object, released by the close callback, which then
+/// frees the handle's memory. `closeAllHandles()` walks the loop and closes whatever is
+/// still open, so at exit `uv_loop_close` finds no handle left.
+final class EventLoop {
+    let loop: UnsafeMutablePointer<uv_loop_t>
+
+    init() throws {
+        loop = .allocate(capacity: 1)
+        let status = uv_loop_init(loop)
+        guard status == 0 else { throw LoopError("uv_loop_init", status) }
+    }
+
+    func run() { uv_run(loop, UV_RUN_DEFAULT) }
+
+    /// Starts closing every handle still open (callable from inside the loop);
+    /// `run()` returns once their close callbacks have run. Returns the count.
+    @discardableResult
+    func closeAllHandles() -> Int {
+        var closed = 0
+        uv_walk(loop, { handle, counter in
+            guard let handle, uv_is_closing(handle) == 0 else { return }
+            counter!.assumingMemoryBound(to: Int.self).pointee += 1
+            LoopHandle.owner(of: handle).close()
+        }, &closed)
+        return closed
+    }
+
+    /// After `run()` returned: closes any handle left, then the loop itself;
+    /// true when no handle was left open.
+    func close() -> Bool {
+        closeAllHandles()
+        uv_run(loop, UV_RUN_DEFAULT)
+        let clean = uv_loop_close(loop) == 0
+        if clean { loop.deallocate() }
+        return clean
+    }
+
+    /// The loop's cached time, in milliseconds.
+    var now: UInt64 { uv_now(loop) }
+}
+
+/// A libuv status as a Swift error, with the call that returned it.
+struct LoopError: Error, CustomStringConvertible {
+    let call: String
+    let status: Int32
+    init(_ call: String, _ status: Int32) {
+        self.call = call
+        self.status = status
+    }
+    var description: String { "\(call): \(String(cString: uv_strerror(status)))" }
+}
+
+class LoopHandle {
+    let raw: UnsafeMutableRawPointer
+    var handle: UnsafeMutablePointer<uv_handle_t> { raw.assumingMemoryBound(to: uv_handle_t.self) }
+    private(set) var isClosed = false
+
+    init(type: uv_handle_type) {
+        raw = UnsafeMutableRawPointer.allocate(byteCount: uv_handle_size(type), alignment: 16)
+    }
+
+    /// Call once the uv handle is initialized: from now on the loop owns a reference.
+    func adopt() { handle.pointee.data = Unmanaged.passRetained(self).toOpaque() }
+
+    static func owner(of handle: UnsafeMutablePointer<uv_handle_t>) -> LoopHandle {
+        Unmanaged<LoopHandle>.fromOpaque(handle.pointee.data).takeUnretainedValue()
+    }
+
+    func close() {
+        guard !isClosed, uv_is_closing(handle) == 0 else { return }
+        isClosed = true
+        uv_close(handle) { handle in
+            let owner = Unmanaged<LoopHandle>.fromOpaque(handle!.pointee.data).takeRetainedValue()
+            owner.didClose()
+            owner.raw.deallocate()
+        }
+    }
+
+    /// Drops closures (and the cycles they hold) once the handle is closed.
+    func didClose() {}
+}
+
+final class LoopTimer: LoopHandle {
+    private var action: (() -> Void)?
+
+    init(_ loop: EventLoop, action: @escaping () -> Void) {
+        self.action = action
+        super.init(type: UV_TIMER)
+        uv_timer_init(loop.loop, raw.assumingMemoryBound(to: uv_timer_t.self))
+        adopt()
+    }
+
+    /// Fires after `milliseconds`, then every `repeatEvery` (0: once). Restarting re-arms it.
+    func start(after milliseconds: UInt64, repeatEvery: UInt64 = 0) {
+        uv_timer_start(raw.assumingMemoryBound(to: uv_timer_t.self), { timer in
+            (LoopHandle.owner(of: UnsafeMutableRawPointer(timer!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopTimer).action?()
+        }, milliseconds, repeatEvery)
+    }
+
+    func stop() { uv_timer_stop(raw.assumingMemoryBound(to: uv_timer_t.self)) }
+    override func didClose() { action = nil }
+}
+
+final class LoopSignal: LoopHandle {
+    private var action: (() -> Void)?
+
+    init(_ loop: EventLoop, signal: Int32, action: @escaping () -> Void) throws {
+        self.action = action
+        super.init(type: UV_SIGNAL)
+        let signalHandle = raw.assumingMemoryBound(to: uv_signal_t.self)
+        uv_signal_init(loop.loop, signalHandle)
+        adopt()
+        let status = uv_signal_start(signalHandle, { handle, _ in
+            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopSignal).action?()
+        }, signal)
+        guard status == 0 else { close(); throw LoopError("uv_signal_start", status) }
+    }
+
+    override func didClose() { action = nil }
+}
+
+/// Wakes the loop from another thread (`send` is the one thread-safe call).
+final class LoopAsync: LoopHandle, @unchecked Sendable {
+    private var action: (() -> Void)?
+
+    init(_ loop: EventLoop, action: @escaping () -> Void) {
+        self.action = action
+        super.init(type: UV_ASYNC)
+        uv_async_init(loop.loop, raw.assumingMemoryBound(to: uv_async_t.self)) { handle in
+            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopAsync).action?()
+        }
+        adopt()
+    }
+
+    func send() { uv_async_send(raw.assumingMemoryBound(to: uv_async_t.self)) }
+    override func didClose() { action = nil }
+}
+
+/// inotify on a directory (through uv_fs_event): only ever a hint to rescan.
+final class LoopDirectoryWatch: LoopHandle {
+    private var action: (() -> Void)?
+
+    init(_ loop: EventLoop, path: String, action: @escaping () -> Void) throws {
+        self.action = action
+        super.init(type: UV_FS_EVENT)
+        let watch = raw.assumingMemoryBound(to: uv_fs_event_t.self)
+        uv_fs_event_init(loop.loop, watch)
+        adopt()
+        let status = uv_fs_event_start(watch, { handle, _, _, _ in
+            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopDirectoryWatch).action?()
+        }, path, 0)
+        guard status == 0 else { close(); throw LoopError("watching \(path)", status) }
+    }
+
+    override func didClose() { action = nil }
+}
+
+/// A listening Unix socket: bound to a path, or adopted from an inherited fd.
+final class PipeServer: LoopHandle {
+    private var onConnection: ((PipeConnection) -> Void)?
+    private let loop: EventLoop
+
+    enum Endpoint {
+        case path(String, mode: mode_t)
+        case inherited(Int32)
+    }
+
+    init(_ loop: EventLoop, endpoint: Endpoint, onConnection: @escaping (PipeConnection) -> Void) throws {
+        self.loop = loop
+        self.onConnection = onConnection
+        super.init(type: UV_NAMED_PIPE)
+        let pipe = raw.assumingMemoryBound(to: uv_pipe_t.self)
+        uv_pipe_init(loop.loop, pipe, 0)
+        adopt()
+        switch endpoint {
+        case .path(let path, let mode):
+            unlink(path)
+            // Bind under a restrictive umask, then widen to `mode`: never a window with looser permissions.
+            let old = umask(0o177)
+            let status = uv_pipe_bind(pipe, path)
+            umask(old)
+            guard status == 0 else { close(); throw LoopError("binding \(path)", status) }
+            chmod(path, mode)
+        case .inherited(let fd):
+            let status = uv_pipe_open(pipe, fd)
+            guard status == 0 else { close(); throw LoopError("adopting socket fd \(fd)", status) }
+        }
+        let status = uv_listen(UnsafeMutableRawPointer(pipe).assumingMemoryBound(to: uv_stream_t.self), 128) { server, status in
+            guard let server, status == 0 else { return }
+            let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(server).assumingMemoryBound(to: uv_handle_t.self)) as! PipeServer
+            owner.accept(server)
+        }
+        guard status == 0 else { close(); throw LoopError("listening", status) }
+    }
+
+    private func accept(_ server: UnsafeMutablePointer<uv_stream_t>) {
+        let connection = PipeConnection(loop)
+        guard uv_accept(server, connection.stream) == 0 else { connection.close(); return }
+        onConnection?(connection)
+    }
+
+    override func didClose() { onConnection = nil }
+}
+
+/// One accepted client: bytes in through `onRead`, out through `write`.
+final class PipeConnection: LoopHandle {
+    var onRead: ((UnsafeRawBufferPointer) -> Void)?
+    var onClose: (() -> Void)?
+    var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
+
+    init(_ loop: EventLoop) {
+        super.init(type: UV_NAMED_PIPE)
+        uv_pipe_init(loop.loop, raw.assumingMemoryBound(to: uv_pipe_t.self), 0)
+        adopt()
+    }
+
+    var fileDescriptor: Int32? {
+        var fd = uv_os_fd_t()
+        return uv_fileno(handle, &fd) == 0 ? fd : nil
+    }
+
+    /// Bytes queued for the client but not yet written (a slow reader's backlog).
+    var pendingWriteBytes: Int { uv_stream_get_write_queue_size(stream) }
+
+    func startReading() {
+        uv_read_start(stream, { _, suggested, buffer in
+            buffer!.pointee.base = malloc(suggested)?.assumingMemoryBound(to: CChar.self)
+            buffer!.pointee.len = buffer!.pointee.base == nil ? 0 : suggested
+        }, { stream, count, buffer in
+            let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self)) as! PipeConnection
+            if count > 0 {
+                owner.onRead?(UnsafeRawBufferPointer(start: buffer!.pointee.base, count: count))
+            } else if count < 0 {
+                owner.close()
+            }
+            free(buffer!.pointee.base)
+        })
+    }
+
+    func write(_ data: Data) {
+        guard !isClosed, !data.isEmpty else { return }
+        let request = UnsafeMutablePointer<uv_write_t>.allocate(capacity: 1)
+        let bytes = malloc(data.count)!
+        data.copyBytes(to: bytes.assumingMemoryBound(to: UInt8.self), count: data.count)
+        request.pointee.data = bytes
+        var buffer = uv_buf_init(bytes.assumingMemoryBound(to: CChar.self), UInt32(data.count))
+        let status = uv_write(request, stream, &buffer, 1) { request, _ in
+            free(request!.pointee.data)
+            request!.deallocate()
+        }
+        if status != 0 {
+            free(bytes)
+            request.deallocate()
+            close()
+        }
+    }
+
+    override func didClose() {
+        let callback = onClose
+        onRead = nil
+        onClose = nil
+        callback?()
+    }
+}

@@ -1,0 +1,154 @@
+import CSQLite
+import Foundation
+
+/// One SQLite connection, used from one thread. SQLite's status codes become
+/// `StoreError`s here and nowhere else.
+final class SQLiteDatabase {
+    enum Value: Equatable {
+        case null, integer(Int64), real(Double), text(String), blob(Data)
+    }
+
+    struct Row {
+        let values: [Value]
+        func int(_ column: Int) -> Int {
+            if case .integer(let value) = values[column] { return Int(value) }
+            return 0
+        }
+        func double(_ column: Int) -> Double? {
+            switch values[column] {
+            case .real(let value): return value
+            case .integer(let value): return Double(value)
+            default: return nil
+            }
+        }
+        func string(_ column: Int) -> String? {
+            if case .text(let value) = values[column] { return value }
+            return nil
+        }
+        func data(_ column: Int) -> Data? {
+            switch values[column] {
+            case .blob(let value): return value
+            case .text(let value): return Data(value.utf8)
+            default: return nil
+            }
+        }
+    }
+
+    private let handle: OpaquePointer
+    private var statements: [String: OpaquePointer] = [:]
+    let path: String
+
+    init(path: String) throws {
+        self.path = path
+        var db: OpaquePointer?
+        let status = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
+        guard status == SQLITE_OK, let db else {
+            let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close(db)
+            throw StoreError("\(path): cannot open the database: \(message)")
+        }
+        handle = db
+        sqlite3_busy_timeout(db, 5000)
+        sqlite3_extended_result_codes(db, 1)
+    }
+
+    deinit {
+        for statement in statements.values { sqlite3_finalize(statement) }
+        sqlite3_close(handle)
+    }
+
+    /// Runs statements that take no arguments and return nothing (pragmas, DDL).
+    func execute(_ sql: String) throws {
+        var message: UnsafeMutablePointer<CChar>?
+        let status = sqlite3_exec(handle, sql, nil, nil, &message)
+        if status != SQLITE_OK {
+            let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(status))
+            sqlite3_free(message)
+            throw StoreError("\(path): \(text)")
+        }
+    }
+
+    /// Runs one statement with `arguments` bound to its `?`s and returns its rows.
+    @discardableResult
+    func query(_ sql: String, _ arguments: [Value] = []) throws -> [Row] {
+        let statement = try prepared(sql)
+        defer {
+            sqlite3_reset(statement)
+            sqlite3_clear_bindings(statement)
+        }
+        for (index, argument) in arguments.enumerated() {
+            let position = Int32(index + 1)
+            let status: Int32
+            switch argument {
+            case .null: status = sqlite3_bind_null(statement, position)
+            case .integer(let value): status = sqlite3_bind_int64(statement, position, value)
+            case .real(let value): status = sqlite3_bind_double(statement, position, value)
+            case .text(let value): status = sqlite3_bind_text(statement, position, value, -1, sqliteTransient)
+            case .blob(let value):
+                status = value.withUnsafeBytes { sqlite3_bind_blob64(statement, position, $0.baseAddress, UInt64($0.count), sqliteTransient) }
+            }
+            try check(status)
+        }
+        var rows: [Row] = []
+        while true {
+            let status = sqlite3_step(statement)
+            if status == SQLITE_DONE { break }
+            guard status == SQLITE_ROW else { try check(status); break }
+            let columns = sqlite3_column_count(statement)
+            rows.append(Row(values: (0..<columns).map { column in
+                switch sqlite3_column_type(statement, column) {
+                case SQLITE_INTEGER: return .integer(sqlite3_column_int64(statement, column))
+                case SQLITE_FLOAT: return .real(sqlite3_column_double(statement, column))
+                case SQLITE_TEXT: return .text(String(cString: sqlite3_column_text(statement, column)))
+                case SQLITE_BLOB:
+                    let count = Int(sqlite3_column_bytes(statement, column))
+                    return .blob(count == 0 ? Data() : Data(bytes: sqlite3_column_blob(statement, column), count: count))
+                default: return .null
+                }
+            }))
+        }
+        return rows
+    }
+
+    var lastInsertID: Int { Int(sqlite3_last_insert_rowid(handle)) }
+    var changes: Int { Int(sqlite3_changes(handle)) }
+
+    /// `body` inside `BEGIN IMMEDIATE … COMMIT`, rolled back if it throws.
+    @discardableResult
+    func write<T>(_ body: () throws -> T) throws -> T {
+        try execute("BEGIN IMMEDIATE")
+        do {
+            let result = try body()
+            try execute("COMMIT")
+            return result
+        } catch {
+            try? execute("ROLLBACK")
+            throw error
+        }
+    }
+
+    private func prepared(_ sql: String) throws -> OpaquePointer {
+        if let statement = statements[sql] { return statement }
+        var statement: OpaquePointer?
+        try check(sqlite3_prepare_v2(handle, sql, -1, &statement, nil))
+        statements[sql] = statement!
+        return statement!
+    }
+
+    private func check(_ status: Int32) throws {
+        guard status == SQLITE_OK || status == SQLITE_ROW || status == SQLITE_DONE else {
+            let reason = (status & 0xFF) == SQLITE_FULL ? "the disk is full" : String(cString: sqlite3_errmsg(handle))
+            throw StoreError("\(path): \(reason)")
+        }
+    }
+}
+
+/// SQLITE_TRANSIENT: SQLite copies the bound bytes before the call returns.
+private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
+
+/// A failure of the job store, as one line.
+public struct StoreError: Error, CustomStringConvertible {
+    public let message: String
+    init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,366 @@
+// diffctl: the daemon's client. Each verb is one request over the socket
+// (docs/protocol.md); replies are printed for people, or as JSON with --json.
+// Exit status: 0 done, 1 refused, 2 no daemon; watch: 0 succeeded, 3 failed, 4 canceled.
+import ArgumentParser
+import DiffusionDaemon
+import Foundation
+
+@main
+struct Diffctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Queue and follow renders of a running diffusiond.",
+        discussion: "Global options go before the verb: diffctl [--socket PATH] VERB ... ($DIFFUSIOND_SOCKET also names the socket).",
+        subcommands: [Submit.self, List.self, Show.self, Watch.self, Cancel.self, Hold.self, Release.self, Retry.self,
+                      Priority.self, Plugins.self, Models.self, Stats.self, Ping.self])
+
+    @OptionGroup var global: Global
+}
+
+struct Global: ParsableArguments {
+    @Option(help: "The daemon's socket (default: $DIFFUSIOND_SOCKET, else /run/diffusiond.sock).") var socket: String?
+    @Flag(help: "Print replies as JSON, for scripts.") var json = false
+}
+
+/// One request and its reply; a refusal is one line and exit 1, no daemon exit 2.
+func call(_ global: Global, _ request: [String: Any]) throws -> [String: Any] {
+    let reply: [String: Any]
+    do {
+        reply = try connect(global).call(request)
+    } catch let error as DaemonClient.NoDaemon {
+        fail("diffctl: \(error.message)", code: 2)
+    }
+    if reply["ok"] as? Bool != true {
+        if global.json { printJSON(reply) } else { FileHandle.standardError.write(Data("diffctl: \(reply["error"] as? String ?? "refused")\n".utf8)) }
+        throw ExitCode(1)
+    }
+    return reply
+}
+
+func connect(_ global: Global) throws -> DaemonClient {
+    do {
+        return try DaemonClient(socketPath: DaemonClient.socketPath(global.socket))
+    } catch let error as DaemonClient.NoDaemon {
+        fail("diffctl: \(error.message)", code: 2)
+    }
+}
+
+func fail(_ message: String, code: Int32) -> Never {
+    FileHandle.standardError.write(Data("\(message)\n".utf8))
+    Foundation.exit(code)
+}
+
+func printJSON(_ value: Any) {
+    let data = (try? JSONSerialization.data(withJSONObject: value, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])) ?? Data()
+    print(String(decoding: data, as: UTF8.self))
+}
+
+/// One line for a job: id, state, owner, progress, model.
+func summary(_ job: [String: Any]) -> String {
+    let progress = job["progress"] as? [String: Any] ?? [:]
+    let owner = (job["owner"] as? [String: Any])?["user"] as? String ?? "?"
+    let step = "\(progress["step"] ?? 0)/\(progress["total"] ?? 0)"
+    let error = (job["error"] as? String).map { "  \($0)" } ?? ""
+    return columns(["\(job["id"] ?? "?")", "\(job["state"] ?? "?")", owner, "\(job["priority"] ?? 0)", step,
+                    "\(job["model"] ?? "")", "\(job["created_at"] ?? "")"]) + error
+}
+
+/// The list's columns, left-aligned to fixed widths.
+func columns(_ fields: [String]) -> String {
+    zip(fields, [6, 9, 10, 5, 9, 14, 0]).map { field, width in
+        field.count >= width ? field : field + String(repeating: " ", count: width - field.count)
+    }.joined(separator: " ")
+}
+
+func show(_ global: Global, job: [String: Any], verb: String) {
+    if global.json { printJSON(job) } else { print("job \(job["id"] ?? "?") \(verb): \(job["state"] ?? "?")") }
+}
+
+struct JobID: ParsableArguments {
+    @Argument(help: "The job's id.") var id: String
+}
+
+struct Submit: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Queue a job: a job file (docs/jobs.md), flags for the common fields, or both (flags win).")
+
+    @OptionGroup var global: Global
+    @Argument(help: "A job file; an init_noise path in it is read here and sent inline.") var file: String?
+    @Option(help: "The model's name (see `diffctl models`).") var model: String?
+    @Option(help: "The sampler plugin (ddim, ddpm, ...).") var sampler: String?
+    @Option(help: "Sampling steps.") var steps: Int?
+    @Option(help: "Images.") var count: Int?
+    @Option(help: "The seed.") var seed: Int?
+    @Option(name: .customLong("class"), help: "A class label, one for all images or one per image (repeatable).") var classes: [Int] = []
+    @Option(help: "Guidance: cfg or classifier.") var guidance: String?
+    @Option(help: "Guidance scale.") var scale: Double?
+    @Option(help: "Queue priority, -1000...1000 (higher first).") var priority: Int?
+    @Flag(help: "Follow the job until it ends, as `diffctl watch` does.") var watch = false
+
+    func run() throws {
+        var job: [String: Any] = [:]
+        if let file {
+            guard let data = FileManager.default.contents(atPath: file),
+                  let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            else { fail("diffctl: \(file): not a readable JSON object", code: 1) }
+            job = object
+            if let path = job["init_noise"] as? String {
+                let base = URL(fileURLWithPath: file).deletingLastPathComponent()
+                let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)
+                guard let bytes = FileManager.default.contents(atPath: url.path) else {
+                    fail("diffctl: init_noise: cannot read \(url.path)", code: 1)
+                }
+                job["init_noise"] = ["npy_base64": bytes.base64EncodedString()]
+            }
+        }
+        if let model { job["model"] = model }
+        if let sampler { job["sampler"] = sampler }
+        if let steps { job["steps"] = steps }
+        if let count { job["count"] = count }
+        if let seed { job["seed"] = seed }
+        if classes.count == 1 { job["class"] = classes[0] } else if !classes.isEmpty { job["class"] = classes }
+        if let guidance { job["guidance"] = ["kind": guidance] }
+        if let scale {
+            var object = job["guidance"] as? [String: Any] ?? ["kind": "cfg"]
+            object["scale"] = scale
+            job["guidance"] = object
+        }
+        if let priority { job["priority"] = priority }
+        guard job["model"] != nil else { fail("diffctl: give a job file or --model", code: 1) }
+        let reply = try call(global, ["verb": "submit", "job": job])
+        let record = reply["job"] as? [String: Any] ?? [:]
+        if watch {
+            if !global.json { print("job \(record["id"] ?? "?") queued") }
+            try Watch.follow(global, id: "\(record["id"] ?? "")")
+        } else if global.json {
+            printJSON(record)
+        } else {
+            print("job \(record["id"] ?? "?") queued; outputs will be in \(record["output_dir"] ?? "?")")
+        }
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List jobs, newest first (100 unless --all).")
+
+    @OptionGroup var global: Global
+    @Option(help: "Only jobs in this state (repeatable).") var state: [String] = []
+    @Option(help: "Only this user's jobs (name or uid).") var owner: String?
+    @Flag(help: "Every job, not only the newest 100.") var all = false
+
+    func run() throws {
+        var request: [String: Any] = ["verb": "list", "all": all]
+        if !state.isEmpty { request["state"] = state }
+        if let owner { request["owner"] = owner }
+        let jobs = try call(global, request)["jobs"] as? [[String: Any]] ?? []
+        if global.json { return printJSON(jobs) }
+        print(columns(["ID", "STATE", "OWNER", "PRI", "STEP", "MODEL", "CREATED"]))
+        for job in jobs { print(summary(job)) }
+    }
+}
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one job, its outputs and its event log.")
+
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+
+    func run() throws {
+        let reply = try call(global, ["verb": "show", "id": job.id])
+        if global.json {
+            var object = reply["job"] as? [String: Any] ?? [:]
+            object["events"] = reply["events"]
+            return printJSON(object)
+        }
+        let record = reply["job"] as? [String: Any] ?? [:]
+        print(summary(record))
+        print("output_dir \(record["output_dir"] ?? "")")
+        for output in record["outputs"] as? [String] ?? [] { print("  \(output)") }
+        for event in reply["events"] as? [[String: Any]] ?? [] {
+            print("\(event["time"] ?? "")  \(event["state"] ?? "")  \(event["reason"] ?? "")")
+        }
+    }
+}
+
+struct Watch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Follow a job to its end: step, ETA and images done. Exits 0 succeeded, 3 failed, 4 canceled.")
+
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+
+    func run() throws { try Self.follow(global, id: job.id) }
+
+    static func follow(_ global: Global, id: String) throws {
+        let client = try connect(global)
+        do {
+            try client.send(["verb": "watch", "id": id])
+            let tty = isatty(STDERR_FILENO) == 1
+            var lastLine = ""
+            while true {
+                let event = try client.receive()
+                guard event["ok"] as? Bool == true else {
+                    FileHandle.standardError.write(Data("diffctl: \(event["error"] as? String ?? "refused")\n".utf8))
+                    throw ExitCode(1)
+                }
+                let job = event["job"] as? [String: Any] ?? [:]
+                if global.json {
+                    let data = (try? JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
+                    print(String(decoding: data, as: UTF8.self))
+                    fflush(nil)
+                } else {
+                    let line = progressLine(job)
+                    if tty {
+                        FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
+                    } else if line != lastLine {
+                        FileHandle.standardError.write(Data("\(line)\n".utf8))
+                    }
+                    lastLine = line
+                }
+                guard event["event"] as? String == "end" else { continue }
+                if tty && !global.json { FileHandle.standardError.write(Data("\n".utf8)) }
+                switch job["state"] as? String {
+                case "succeeded":
+                    if !global.json { print("job \(id) succeeded: \(job["output_dir"] ?? "")") }
+                    return
+                case "canceled":
+                    if !global.json { print("job \(id) canceled") }
+                    throw ExitCode(4)
+                default:
+                    if !global.json { print("job \(id) failed: \(job["error"] as? String ?? "")") }
+                    throw ExitCode(3)
+                }
+            }
+        } catch let error as DaemonClient.NoDaemon {
+            fail("diffctl: \(error.message)", code: 2)
+        }
+    }
+
+    static func progressLine(_ job: [String: Any]) -> String {
+        let progress = job["progress"] as? [String: Any] ?? [:]
+        let step = progress["step"] as? Int ?? 0
+        let total = max(progress["total"] as? Int ?? 1, 1)
+        let width = 30
+        let filled = min(width, step * width / total)
+        let bar = String(repeating: "#", count: filled) + String(repeating: "-", count: width - filled)
+        var eta = ""
+        if let seconds = progress["eta_seconds"] as? Double {
+            eta = String(format: "  ETA %d:%02d", Int(seconds) / 60, Int(seconds) % 60)
+        }
+        return "job \(job["id"] ?? "?") \(job["state"] ?? "?") [\(bar)] step \(step)/\(total)  images \(progress["images_done"] ?? 0)/\(progress["count"] ?? 0)\(eta)"
+    }
+}
+
+/// cancel, hold, release, retry: one job id, one state change.
+protocol JobVerb: ParsableCommand {
+    static var verb: String { get }
+    static var done: String { get }
+    var global: Global { get }
+    var job: JobID { get }
+}
+
+extension JobVerb {
+    func run() throws {
+        let reply = try call(global, ["verb": Self.verb, "id": job.id])
+        show(global, job: reply["job"] as? [String: Any] ?? [:], verb: Self.done)
+    }
+}
+
+struct Cancel: JobVerb {
+    static let configuration = CommandConfiguration(abstract: "Cancel a job (a running one stops at its next step).")
+    static let verb = "cancel", done = "canceled"
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+}
+
+struct Hold: JobVerb {
+    static let configuration = CommandConfiguration(abstract: "Hold a queued job until it is released.")
+    static let verb = "hold", done = "held"
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+}
+
+struct Release: JobVerb {
+    static let configuration = CommandConfiguration(abstract: "Release a held job into the queue.")
+    static let verb = "release", done = "released"
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+}
+
+struct Retry: JobVerb {
+    static let configuration = CommandConfiguration(abstract: "Queue a failed or canceled job again, with fresh attempts.")
+    static let verb = "retry", done = "queued again"
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+}
+
+struct Priority: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Set a job's queue priority (-1000...1000, higher first).")
+
+    @OptionGroup var global: Global
+    @OptionGroup var job: JobID
+    @Argument(help: "The new priority.") var priority: Int
+
+    func run() throws {
+        let reply = try call(global, ["verb": "priority", "id": job.id, "priority": priority])
+        show(global, job: reply["job"] as? [String: Any] ?? [:], verb: "priority \(priority)")
+    }
+}
+
+struct Plugins: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the loaded plugins and their components.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        var reply = try call(global, ["verb": "plugins"])
+        reply["ok"] = nil
+        if global.json { return printJSON(reply) }
+        for library in reply["libraries"] as? [[String: Any]] ?? [] {
+            print("\(library["name"] ?? "") \(library["version"] ?? "")  \(library["file"] ?? "")")
+        }
+        for kind in ["schedules", "samplers", "guidance"] {
+            for component in reply[kind] as? [[String: Any]] ?? [] {
+                print("  \(kind.padding(toLength: 9, withPad: " ", startingAt: 0)) \(component["name"] ?? ""): \(component["summary"] ?? "")")
+            }
+        }
+        for problem in reply["problems"] as? [String] ?? [] { print("refused: \(problem)") }
+    }
+}
+
+struct Models: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the models a job may name.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        let models = try call(global, ["verb": "models"])["models"] as? [[String: Any]] ?? []
+        if global.json { return printJSON(models) }
+        for model in models {
+            let classes = (model["class_embeddings"] as? Int).map { "  \($0) class embeddings" } ?? ""
+            print("\(model["name"] ?? "")  \(model["path"] ?? "")\(classes)\(model["classifier"] as? Bool == true ? "  classifier" : "")")
+        }
+    }
+}
+
+struct Stats: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the queue's counts and the daemon's state.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        var reply = try call(global, ["verb": "stats"])
+        reply["ok"] = nil
+        if global.json { return printJSON(reply) }
+        let jobs = reply["jobs"] as? [String: Any] ?? [:]
+        print(["queued", "held", "running", "succeeded", "failed", "canceled"].map { "\($0) \(jobs[$0] ?? 0)" }.joined(separator: ", "))
+        print("running job: \(reply["running"] as? String ?? "none"); images rendered \(reply["images_rendered"] ?? 0); clients \(reply["clients"] ?? 0)")
+        print(String(format: "uptime %.0f s, pid %@", reply["uptime_seconds"] as? Double ?? 0, "\(reply["pid"] ?? "")"))
+    }
+}
+
+struct Ping: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check that the daemon answers.")
+    @OptionGroup var global: Global
+
+    func run() throws {
+        let reply = try call(global, ["verb": "ping"])
+        if global.json { printJSON(reply) } else { print("diffusiond \(reply["version"] ?? "") is running") }
+    }
+}

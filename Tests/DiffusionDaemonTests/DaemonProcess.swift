@@ -1,0 +1,171 @@
+import DiffusionDaemon
+import Foundation
+import Testing
+
+/// A real `diffusiond` in a temporary directory, with its socket and spool, and
+/// the real `diffctl` to talk to it.
+final class DaemonProcess {
+    static let buildDirectory = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
+        .deletingLastPathComponent().path
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+        var json: Any? { try? JSONSerialization.jsonObject(with: Data(stdout.utf8)) }
+    }
+
+    let root: String
+    let socket: String
+    let state: String
+    let configPath: String
+    private(set) var process: Process?
+
+    /// Writes a configuration (`extra` is appended as TOML) and starts the daemon.
+    init(extra: String = "", start: Bool = true) throws {
+        root = try Self.temporaryDirectory()
+        state = "\(root)/state"
+        socket = "\(root)/state/diffusiond.sock"
+        configPath = "\(root)/diffusiond.toml"
+        try """
+            [paths]
+            state = "state"
+            socket = "state/diffusiond.sock"
+            models = ["\(Self.packageRoot)/models"]
+            [render]
+            threads = 1
+            [log]
+            level = "debug"
+            \(extra)
+            """.write(toFile: configPath, atomically: true, encoding: .utf8)
+        if start { try self.start() }
+    }
+
+    deinit {
+        if let process, process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(atPath: root)
+    }
+
+    static func temporaryDirectory() throws -> String {
+        // Short, because a socket path must fit in 108 bytes; 0755, so a second user can reach it.
+        let path = "/tmp/dfn-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        return path
+    }
+
+    var logPath: String { "\(root)/daemon.log" }
+    var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
+
+    /// Starts the daemon and waits until it answers a ping.
+    func start(environment: [String: String] = [:]) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "\(Self.buildDirectory)/diffusiond")
+        process.arguments = ["--config", configPath]
+        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
+        let log = FileHandle(forWritingAtPath: logPath)!
+        log.seekToEndOfFile()
+        process.standardError = log
+        process.standardOutput = log
+        try process.run()
+        self.process = process
+        let deadline = Date().addingTimeInterval(20)
+        while Date() < deadline {
+            if !process.isRunning { throw DaemonError("diffusiond exited at start: \(self.log)") }
+            if let client = try? DaemonClient(socketPath: socket), (try? client.call(["verb": "ping"]))?["ok"] as? Bool == true {
+                return
+            }
+            usleep(20_000)
+        }
+        throw DaemonError("diffusiond did not answer within 20 s: \(self.log)")
+    }
+
+    /// SIGTERM, then the exit status.
+    @discardableResult
+    func stop() -> Int32 {
+        guard let process else { return -1 }
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        self.process = nil
+        return process.terminationStatus
+    }
+
+    func kill9() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
+    func client() throws -> DaemonClient { try DaemonClient(socketPath: socket) }
+
+    func call(_ request: [String: Any]) throws -> [String: Any] { try client().call(request) }
+
+    /// Runs diffctl with `--socket`, optionally as another user (through setpriv).
+    func diffctl(_ arguments: [String], asUID uid: Int? = nil) throws -> Outcome {
+        let process = Process()
+        let binary = "\(Self.buildDirectory)/diffctl"
+        if let uid {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            process.arguments = ["--reuid=\(uid)", "--regid=0", "--clear-groups", binary, "--socket", socket] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: binary)
+            process.arguments = ["--socket", socket] + arguments
+        }
+        let (out, err) = (Pipe(), Pipe())
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let stdout = out.fileHandleForReading.readDataToEndOfFile()
+        let stderr = err.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus, stdout: String(decoding: stdout, as: UTF8.self),
+                       stderr: String(decoding: stderr, as: UTF8.self))
+    }
+
+    /// Submits `job` over the socket; returns its id.
+    func submit(_ job: [String: Any]) throws -> String {
+        let reply = try call(["verb": "submit", "job": job])
+        guard reply["ok"] as? Bool == true, let record = reply["job"] as? [String: Any], let id = record["id"] as? String else {
+            throw DaemonError("submit refused: \(reply)")
+        }
+        return id
+    }
+
+    func job(_ id: String) throws -> [String: Any] {
+        let reply = try call(["verb": "show", "id": id])
+        guard let job = reply["job"] as? [String: Any] else { throw DaemonError("no job \(id): \(reply)") }
+        return job
+    }
+
+    /// Waits until job `id` is in `state`.
+    @discardableResult
+    func wait(for id: String, state: String, seconds: Double = 60) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(seconds)
+        var last: [String: Any] = [:]
+        while Date() < deadline {
+            last = try job(id)
+            if last["state"] as? String == state { return last }
+            usleep(20_000)
+        }
+        throw DaemonError("job \(id) is \(last["state"] ?? "?"), not \(state), after \(seconds) s: \(last)")
+    }
+
+    /// Drops `contents` into the spool the documented way: write in tmp/, rename into new/.
+    func drop(_ name: String, _ contents: String) throws {
+        let tmp = "\(state)/spool/tmp/\(name)"
+        try contents.write(toFile: tmp, atomically: false, encoding: .utf8)
+        guard rename(tmp, "\(state)/spool/new/\(name)") == 0 else { throw DaemonError("rename failed") }
+    }
+
+    /// A small job of the default model.
+    static func smallJob(steps: Int = 4, count: Int = 1, seed: Int = 1, label: Int = 7) -> [String: Any] {
+        ["model": "fashion-mnist", "sampler": "ddim", "steps": steps, "count": count, "seed": seed, "class": label]
+    }
+}
