@@ -143,9 +143,9 @@ extension Daemon {
     private func cancel(_ record: JobRecord, by session: ClientSession, tag: Any?) throws {
         try authorize(record, session)
         let who = Owner(uid: Int(session.uid)).name
-        if record.state == .running, let current = running, current.assignment.id == record.id {
+        if record.state == .running, let current = running[record.id] {
             current.assignment.control.cancel.store(true, ordering: .relaxed)
-            running!.cancelRequests.append((session, tag))
+            running[record.id]!.cancelRequests.append((session, tag))
             log.info("job \(record.id): cancel requested by \(who)")
             return
         }
@@ -187,12 +187,14 @@ extension Daemon {
         var step = record.step
         var total = record.steps
         var eta: Any = NSNull()
-        if let current = running, current.assignment.id == record.id {
+        var preview: Any = NSNull()
+        if let current = running[record.id] {
             step = current.step
             total = current.total
-            if step > 0 {
+            preview = current.preview ?? NSNull()
+            if step > current.firstStep {
                 let elapsed = Double(DispatchTime.now().uptimeNanoseconds - current.startedAt) / 1e9
-                eta = elapsed / Double(step) * Double(total - step)
+                eta = elapsed / Double(step - current.firstStep) * Double(total - step)
             }
         }
         let job = (try? JSONSerialization.jsonObject(with: record.job)) as? [String: Any] ?? [:]
@@ -207,7 +209,7 @@ extension Daemon {
             "model": job["model"] ?? NSNull(),
             "source": record.source,
             "progress": ["step": step, "total": total, "images_done": record.imagesDone, "count": record.count,
-                         "eta_seconds": eta],
+                         "eta_seconds": eta, "preview": preview],
             "output_dir": outputDirectory,
             "outputs": record.state == .succeeded ? OutputDirectory.files(outputs: config.outputs, id: record.id) : [],
             "error": record.error ?? NSNull(),
@@ -271,7 +273,7 @@ extension Daemon {
         let counts = try store.countsByState()
         return [
             "jobs": Dictionary(uniqueKeysWithValues: JobRecord.State.allCases.map { ($0.rawValue, counts[$0, default: 0]) }),
-            "running": running.map { String($0.assignment.id) } ?? NSNull(),
+            "running": running.keys.sorted().map(String.init),
             "images_rendered": imagesRendered,
             "uptime_seconds": Date().timeIntervalSince(startedAt),
             "clients": sessions.count,

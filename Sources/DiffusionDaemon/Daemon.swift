@@ -8,7 +8,8 @@ import Logging
 /// signals; a SQLite queue; one render worker thread. Everything here runs on
 /// the loop's thread; the worker talks back only through `WorkerEvent`s.
 public final class Daemon {
-    let config: DaemonConfig
+    private(set) var config: DaemonConfig
+    private let configPath: String?
     let loop: EventLoop
     let store: JobStore
     let spool: Spool
@@ -19,16 +20,20 @@ public final class Daemon {
     private var worker: RenderWorker!
     private var boundSocketPath: String?
 
-    /// The job the worker has, with its live progress.
+    /// A job the worker has, with its live progress.
     struct Running {
         let assignment: RenderAssignment
         let startedAt: UInt64
         var step = 0
+        /// The step this run started from (a checkpoint's), for the ETA.
+        var firstStep = 0
         var total: Int
+        var preview: String?
         /// Clients waiting for a cancel to take effect.
         var cancelRequests: [(ClientSession, Any?)] = []
     }
-    var running: Running?
+    /// The jobs rendering together, by id: all of one model.
+    var running: [Int: Running] = [:]
     var sessions: [ObjectIdentifier: ClientSession] = [:]
     var watchers: [Int: [ClientSession]] = [:]
     private var stopping = false
@@ -39,9 +44,10 @@ public final class Daemon {
     private var backoffTimer: LoopTimer!
 
     /// Opens the state directory, the queue and the socket; `run()` then serves.
-    public init(config: DaemonConfig) throws {
+    public init(config: DaemonConfig, path: String?) throws {
         self.config = config
-        for directory in [config.stateDirectory, config.outputs, config.checkpoints] {
+        configPath = path
+        for directory in [config.stateDirectory, config.outputs, config.checkpoints, config.previews] {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         }
         chmod(config.outputs, 0o755)
@@ -109,40 +115,56 @@ public final class Daemon {
 
     // MARK: Scheduling
 
-    /// Hands the next runnable job to the worker when it is free.
+    /// Hands runnable jobs to the worker: the next one in queue order when it is
+    /// idle, and more while they share the running jobs' model and fit in
+    /// `[render] batch_images` (one that does not waits, keeping the order).
     func dispatch() {
-        guard !stopping, running == nil else { return }
+        guard !stopping else { return }
         do {
-            let now = JobStore.now()
-            guard let record = try store.nextRunnable(now: now) else {
-                if let next = try store.earliestBackoff(after: now) {
-                    backoffTimer.start(after: UInt64(max((next - now) * 1000, 1)))
+            while true {
+                let now = JobStore.now()
+                guard let record = try store.nextRunnable(now: now) else {
+                    if let next = try store.earliestBackoff(after: now) {
+                        backoffTimer.start(after: UInt64(max((next - now) * 1000, 1)))
+                    }
+                    break
                 }
-                notifier.status(statusLine)
-                return
+                let job: Job
+                do {
+                    job = try Job(json: record.job, source: "job \(record.id)")
+                } catch {
+                    try store.transition(record.id, from: [.queued], to: .failed, reason: "\(error)", error: "\(error)")
+                    continue
+                }
+                if let batchmate = running.values.first {
+                    let images = running.values.reduce(0) { $0 + $1.assignment.job.count }
+                    guard batchmate.assignment.job.model == job.model, images + job.count <= config.batchImages else { break }
+                }
+                try start(record, job)
             }
-            let job: Job
-            do {
-                job = try Job(json: record.job, source: "job \(record.id)")
-            } catch {
-                try store.transition(record.id, from: [.queued], to: .failed, reason: "\(error)", error: "\(error)")
-                return dispatch()
-            }
-            let attempt = "attempt \(record.attempts + 1) of \(record.maxAttempts)"
-            guard try store.transition(record.id, from: [.queued], to: .running, reason: "started, \(attempt)") else { return }
-            let limit = config.jobSeconds > 0 ? config.jobSeconds : .infinity
-            let assignment = RenderAssignment(
-                id: record.id, job: job, outputDirectory: OutputDirectory.path(outputs: config.outputs, id: record.id),
-                owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,
-                control: RenderControl())
-            running = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps)
-            worker.assign(assignment)
-            log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
             notifier.status(statusLine)
-            publish(record.id, event: "state")
         } catch {
             log.error("the queue cannot be read: \(error)")
         }
+    }
+
+    private func start(_ record: JobRecord, _ job: Job) throws {
+        let attempt = "attempt \(record.attempts + 1) of \(record.maxAttempts)"
+        guard try store.transition(record.id, from: [.queued], to: .running, reason: "started, \(attempt)") else { return }
+        let limit = config.jobSeconds > 0 ? config.jobSeconds : .infinity
+        let assignment = RenderAssignment(
+            id: record.id, job: job, jobKey: Spool.hash(record.job),
+            outputDirectory: OutputDirectory.path(outputs: config.outputs, id: record.id),
+            checkpointPath: Checkpoints.path(directory: config.checkpoints, id: record.id),
+            previewPath: "\(config.previews)/\(record.id).png",
+            checkpointEvery: config.checkpointEverySteps,
+            previewEvery: job.previewEvery > 0 ? job.previewEvery : config.previewEverySteps,
+            owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,
+            control: RenderControl())
+        running[record.id] = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps)
+        worker.assign(assignment)
+        log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
+        publish(record.id, event: "state")
     }
 
     private func drainWorker() {
@@ -158,13 +180,20 @@ public final class Daemon {
 
     private func handle(_ event: WorkerEvent) throws {
         switch event {
-        case .progress(let id, let step, let total):
-            guard running?.assignment.id == id else { return }
-            running!.step = step
-            running!.total = total
+        case .resumed(let id, let step):
+            guard running[id] != nil else { return }
+            running[id]!.step = step
+            running[id]!.firstStep = step
+            try store.appendNote(id, "resumed from the checkpoint at step \(step)")
+            log.info("job \(id) resumed from its checkpoint at step \(step)")
+        case .progress(let id, let step, let total, let preview):
+            guard running[id] != nil else { return }
+            running[id]!.step = step
+            running[id]!.total = total
+            if let preview { running[id]!.preview = preview }
             publish(id, event: "progress")
         case .succeeded(let id, let images):
-            try store.setProgress(id, step: running?.total ?? 0, imagesDone: images)
+            try store.setProgress(id, step: running[id]?.total ?? 0, imagesDone: images)
             try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s)")
             imagesRendered += images
             finishRunning(id)
@@ -183,8 +212,7 @@ public final class Daemon {
 
     /// The worker is done with `id`: answer waiting cancels, tell watchers.
     private func finishRunning(_ id: Int) {
-        guard let done = running, done.assignment.id == id else { return }
-        running = nil
+        guard let done = running.removeValue(forKey: id) else { return }
         let record = try? store.record(id)
         for (session, tag) in done.cancelRequests {
             if record?.state == .canceled {
@@ -260,7 +288,14 @@ public final class Daemon {
         if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
             throw RenderError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
         }
-        return try store.insert(job: data, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
+        // A job without a seed gets one now, so that a retry or a resumed run
+        // renders the same images.
+        var stored = data
+        if job.seeds == nil, var object = try JSONSerialization.jsonObject(with: data) as? [String: Any] {
+            object["seed"] = Int.random(in: 0...Int(Int64.max))
+            stored = try JSONSerialization.data(withJSONObject: object)
+        }
+        return try store.insert(job: stored, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
                                 source: source, maxAttempts: config.maxAttempts, receipt: receipt)
     }
 
@@ -295,24 +330,44 @@ public final class Daemon {
         stopping = true
         notifier.stopping()
         log.notice("stopping")
-        if let current = running {
+        for (id, current) in running {
             current.assignment.control.stop.store(true, ordering: .relaxed)
-            _ = try? store.transition(current.assignment.id, from: [.running], to: .queued, reason: "the daemon stopped; queued again")
-            running = nil
+            _ = try? store.transition(id, from: [.running], to: .queued, reason: "the daemon stopped; queued again")
         }
+        running = [:]
         // The worker may still be inside a step; it will find no loop to report to.
         worker.detach()
         let closed = loop.closeAllHandles()
         log.info("closing \(closed) loop handles")
     }
 
-    /// SIGHUP: rescan plugins (new jobs see them; the running one keeps its own).
+    /// SIGHUP: reread the configuration and rescan plugins. Jobs started from
+    /// now on see the new settings; paths and threads need a restart.
     private func reload() {
-        let fresh = PluginRegistry(directories: config.allPluginDirectories)
-        for problem in fresh.problems { log.warning("\(problem)") }
-        registry = fresh
-        worker.replaceRegistry(fresh)
-        log.notice("reloaded: plugins \(fresh.libraries.map(\.name).joined(separator: ", "))")
+        if let configPath {
+            do {
+                let fresh = try DaemonConfig(path: configPath)
+                if fresh.stateDirectory != config.stateDirectory || fresh.spool != config.spool || fresh.socketPath != config.socketPath
+                    || fresh.database != config.database || fresh.outputs != config.outputs || fresh.threads != config.threads
+                    || fresh.allModelDirectories != config.allModelDirectories
+                {
+                    log.warning("\(configPath): changes to [paths] and [render] threads take effect at the next start")
+                }
+                var kept = fresh
+                (kept.stateDirectory, kept.spoolDirectory, kept.socketPath) = (config.stateDirectory, config.spoolDirectory, config.socketPath)
+                (kept.databasePath, kept.outputsDirectory, kept.threads) = (config.databasePath, config.outputsDirectory, config.threads)
+                kept.modelDirectories = config.modelDirectories
+                config = kept
+            } catch {
+                log.error("reload: \(error); keeping the running configuration")
+            }
+        }
+        let plugins = PluginRegistry(directories: config.allPluginDirectories)
+        for problem in plugins.problems { log.warning("\(problem)") }
+        registry = plugins
+        worker.reconfigure(registry: plugins, limits: config.limits)
+        log.notice("reloaded: plugins \(plugins.libraries.map(\.name).joined(separator: ", "))")
+        dispatch()
     }
 
     private func prune() {
@@ -327,7 +382,7 @@ public final class Daemon {
 
     var statusLine: String {
         let counts = (try? store.countsByState()) ?? [:]
-        let doing = running.map { "rendering job \($0.assignment.id) (\($0.step)/\($0.total))" } ?? "idle"
+        let doing = running.isEmpty ? "idle" : "rendering " + running.keys.sorted().map { "job \($0) (\(running[$0]!.step)/\(running[$0]!.total))" }.joined(separator: ", ")
         return "\(doing); \(counts[.queued, default: 0]) queued"
     }
 }

@@ -16,6 +16,8 @@ public struct DaemonConfig: Sendable {
     public var modelDirectories: [String] = []
 
     public var threads = ProcessInfo.processInfo.activeProcessorCount
+    /// Images of compatible jobs rendered in one U-Net batch.
+    public var batchImages = 32
     public var limits = RenderLimits()
     /// Seconds a job may render (a job's own `time_limit` may only ask for less).
     public var jobSeconds = 3600.0
@@ -33,6 +35,7 @@ public struct DaemonConfig: Sendable {
     public var database: String { databasePath ?? "\(stateDirectory)/queue.sqlite" }
     public var outputs: String { outputsDirectory ?? "\(stateDirectory)/outputs" }
     public var checkpoints: String { "\(stateDirectory)/checkpoints" }
+    public var previews: String { "\(stateDirectory)/previews" }
 
     public static let installedModels = "/usr/local/share/diffusiond/models"
 
@@ -83,6 +86,7 @@ public struct DaemonConfig: Sendable {
             case "paths.plugins": pluginDirectories = try paths()
             case "paths.models": modelDirectories = try paths()
             case "render.threads": threads = try integer(1...256)
+            case "render.batch_images": batchImages = try integer(1...10_000)
             case "limits.max_steps": limits.maxSteps = try integer(1...100_000)
             case "limits.max_count": limits.maxCount = try integer(1...100_000)
             case "limits.max_pixels": limits.maxPixels = try integer(1...(1 << 26))

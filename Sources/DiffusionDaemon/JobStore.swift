@@ -289,11 +289,20 @@ final class JobStore {
         }
     }
 
+    /// An event that records something about a job without changing its state.
+    func appendNote(_ id: Int, _ reason: String) throws {
+        try db.write { try insertNote(id, reason) }
+    }
+
+    private func insertNote(_ id: Int, _ reason: String) throws {
+        try db.query("INSERT INTO events (job_id, time, state, reason) SELECT id, ?, state, ? FROM jobs WHERE id = ?",
+                     [.real(Self.now()), .text(reason), .integer(Int64(id))])
+    }
+
     func setPriority(_ id: Int, _ priority: Int, by who: String) throws {
         try db.write {
             try db.query("UPDATE jobs SET priority = ? WHERE id = ?", [.integer(Int64(priority)), .integer(Int64(id))])
-            try db.query("INSERT INTO events (job_id, time, state, reason) SELECT id, ?, state, ? FROM jobs WHERE id = ?",
-                         [.real(Self.now()), .text("priority set to \(priority) by \(who)"), .integer(Int64(id))])
+            try insertNote(id, "priority set to \(priority) by \(who)")
         }
     }
 

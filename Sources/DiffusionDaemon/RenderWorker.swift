@@ -5,11 +5,19 @@ import Foundation
 import Logging
 import Synchronization
 
-/// A job handed to the worker, with the flags the loop may raise while it runs.
+/// A job handed to the worker, with where its files go and the flags the loop
+/// may raise while it runs.
 struct RenderAssignment: Sendable {
     let id: Int
     let job: Job
+    /// Identifies the job's content in its checkpoints.
+    let jobKey: String
     let outputDirectory: String
+    let checkpointPath: String
+    let previewPath: String
+    /// Steps between checkpoints and between previews (0: none).
+    let checkpointEvery: Int
+    let previewEvery: Int
     let owner: uid_t
     let timeLimit: Double
     let control: RenderControl
@@ -18,22 +26,27 @@ struct RenderAssignment: Sendable {
 final class RenderControl: Sendable {
     /// Cancel: the job ends `canceled` at the next step.
     let cancel = Atomic<Bool>(false)
-    /// Stop (SIGTERM): the step in flight is abandoned and the job stays resumable.
+    /// Stop (SIGTERM): the job is dropped and its last checkpoint kept.
     let stop = Atomic<Bool>(false)
 }
 
 /// What the worker reports to the loop, in order.
 enum WorkerEvent: Sendable {
-    case progress(id: Int, step: Int, total: Int)
+    case resumed(id: Int, step: Int)
+    case progress(id: Int, step: Int, total: Int, preview: String?)
     case succeeded(id: Int, images: Int)
     case failed(id: Int, error: String, retryable: Bool)
     case canceled(id: Int)
     case abandoned(id: Int)
 }
 
-/// The render thread: one job at a time, on a kernel runtime of its own (not
-/// libuv's thread pool). It takes assignments from `assign` and reports through
-/// a locked queue and `uv_async_send`, so the loop never waits on a render.
+/// The render thread, on a kernel runtime of its own (not libuv's thread pool).
+///
+/// It renders every job it has been given together: each iteration takes new
+/// assignments, then steps all its renders of one model as one U-Net batch
+/// (`RenderBatch`; an image never depends on its batch-mates). After each step
+/// a job may checkpoint, write a preview, or finish. It reports through a
+/// locked queue and `uv_async_send`, so the loop never waits on a render.
 final class RenderWorker: @unchecked Sendable {
     private let inbox = NSCondition()
     private var pending: [RenderAssignment] = []
@@ -43,9 +56,15 @@ final class RenderWorker: @unchecked Sendable {
     private let wake: Mutex<LoopAsync?>
     private let registry: Mutex<PluginRegistry>
     private let models: ModelCache
-    private let limits: RenderLimits
+    private let limits: Mutex<RenderLimits>
     private let threads: Int
     private let log = Logger(label: "diffusiond.worker")
+
+    private struct Active {
+        let assignment: RenderAssignment
+        let render: Render
+        let started: UInt64
+    }
 
     init(wake: LoopAsync, registry: PluginRegistry, modelDirectories: [String], cacheBytes: Int, limits: RenderLimits,
          threads: Int)
@@ -53,14 +72,23 @@ final class RenderWorker: @unchecked Sendable {
         self.wake = Mutex(wake)
         self.registry = Mutex(registry)
         models = ModelCache(resolver: ModelResolver(directories: modelDirectories), capacityBytes: cacheBytes)
-        self.limits = limits
+        self.limits = Mutex(limits)
         self.threads = threads
     }
 
     func start() {
         let thread = Thread { [self] in
             let runtime = KernelRuntime(threadCount: threads)
-            while let assignment = nextAssignment() { render(assignment, runtime) }
+            var active: [Active] = []
+            while let fresh = takeAssignments(waiting: active.isEmpty) {
+                active += fresh.compactMap { begin($0, runtime) }
+                active = active.filter(stillWanted)
+                for group in Dictionary(grouping: active, by: { $0.assignment.job.model }).values {
+                    step(group, runtime)
+                }
+                active = active.filter { !$0.render.isFinished && !ended.contains($0.assignment.id) }
+                ended.removeAll()
+            }
         }
         thread.name = "diffusiond-render"
         thread.start()
@@ -83,17 +111,23 @@ final class RenderWorker: @unchecked Sendable {
         inbox.unlock()
     }
 
-    /// Plugins rescanned (SIGHUP): jobs started from now on use them.
-    func replaceRegistry(_ fresh: PluginRegistry) { registry.withLock { $0 = fresh } }
+    /// Plugins rescanned and limits reread (SIGHUP): jobs started from now on use them.
+    func reconfigure(registry fresh: PluginRegistry, limits newLimits: RenderLimits) {
+        registry.withLock { $0 = fresh }
+        limits.withLock { $0 = newLimits }
+    }
 
     /// The events since the last call (the loop calls this on each wake-up).
     func takeEvents() -> [WorkerEvent] { outbox.withLock { events in defer { events = [] }; return events } }
 
-    private func nextAssignment() -> RenderAssignment? {
+    /// New assignments; waits for one when the worker has nothing to do. nil: shut down.
+    private func takeAssignments(waiting: Bool) -> [RenderAssignment]? {
         inbox.lock()
         defer { inbox.unlock() }
-        while pending.isEmpty && !shuttingDown { inbox.wait() }
-        return shuttingDown ? nil : pending.removeFirst()
+        while waiting && pending.isEmpty && !shuttingDown { inbox.wait() }
+        if shuttingDown { return nil }
+        defer { pending.removeAll() }
+        return pending
     }
 
     private func report(_ event: WorkerEvent) {
@@ -101,49 +135,125 @@ final class RenderWorker: @unchecked Sendable {
         wake.withLock { $0?.send() }
     }
 
-    private func render(_ assignment: RenderAssignment, _ runtime: KernelRuntime) {
+    /// Jobs that ended during this iteration's steps (failed, or published).
+    private var ended: Set<Int> = []
+
+    private func begin(_ assignment: RenderAssignment, _ runtime: KernelRuntime) -> Active? {
         let id = assignment.id
-        let started = DispatchTime.now().uptimeNanoseconds
-        let render: Render
         do {
             let model = try models.model(named: assignment.job.model)
             var initNoise: Tensor?
             if case .inline(let bytes)? = assignment.job.initNoise {
                 do { initNoise = try NPYFile.decode(bytes, path: "init_noise") } catch { throw RenderError("init_noise: \(error)") }
             }
-            render = try Render(job: assignment.job, model: model, registry: registry.withLock { $0 }, runtime: runtime, limits: limits,
-                                initNoise: initNoise)
-        } catch {
-            report(.failed(id: id, error: "\(error)", retryable: !(error is RenderError)))
-            return
-        }
-        do {
-            while !render.isFinished {
-                if assignment.control.cancel.load(ordering: .relaxed) { report(.canceled(id: id)); return }
-                if assignment.control.stop.load(ordering: .relaxed) { report(.abandoned(id: id)); return }
-                let elapsed = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
-                if elapsed > assignment.timeLimit {
-                    report(.failed(id: id, error: "the time limit of \(Self.seconds(assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.timesteps.count)", retryable: false))
-                    return
+            let render = try Render(job: assignment.job, model: model, registry: registry.withLock { $0 }, runtime: runtime,
+                                    limits: limits.withLock { $0 }, initNoise: initNoise)
+            if let checkpoint = Checkpoints.read(assignment.checkpointPath) {
+                if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
+                    report(.resumed(id: id, step: render.completedSteps))
+                } else {
+                    log.notice("job \(id): its checkpoint is from another program version or job; starting from step 0")
+                    Checkpoints.remove(assignment.checkpointPath)
                 }
-                try render.step()
-                report(.progress(id: id, step: render.completedSteps, total: render.timesteps.count))
             }
+            return Active(assignment: assignment, render: render, started: DispatchTime.now().uptimeNanoseconds)
         } catch {
-            report(.failed(id: id, error: "\(error)", retryable: false))
+            finish(assignment, .failed(id: id, error: "\(error)", retryable: !(error is RenderError)))
+            return nil
+        }
+    }
+
+    /// Before a step: a job canceled, stopped or out of time leaves the batch.
+    private func stillWanted(_ active: Active) -> Bool {
+        let control = active.assignment.control
+        let id = active.assignment.id
+        if control.stop.load(ordering: .relaxed) {
+            report(.abandoned(id: id))
+            return false
+        }
+        if control.cancel.load(ordering: .relaxed) {
+            finish(active.assignment, .canceled(id: id))
+            return false
+        }
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - active.started) / 1e9
+        if elapsed > active.assignment.timeLimit {
+            let render = active.render
+            finish(active.assignment, .failed(
+                id: id, error: "the time limit of \(Self.seconds(active.assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.timesteps.count)",
+                retryable: false))
+            return false
+        }
+        return true
+    }
+
+    private func step(_ group: [Active], _ runtime: KernelRuntime) {
+        let outcomes: [Error?]
+        do {
+            outcomes = try RenderBatch.step(group.map(\.render), on: runtime)
+        } catch {
+            for active in group { fail(active, error) }
             return
         }
+        for (active, outcome) in zip(group, outcomes) {
+            if let outcome { fail(active, outcome); continue }
+            let (assignment, render) = (active.assignment, active.render)
+            let step = render.completedSteps
+            if render.isFinished {
+                report(.progress(id: assignment.id, step: step, total: render.timesteps.count, preview: nil))
+                publish(active)
+                continue
+            }
+            var preview: String?
+            if assignment.previewEvery > 0, step % assignment.previewEvery == 0, let estimate = render.predictedOriginal {
+                preview = writePreview(estimate, assignment)
+            }
+            report(.progress(id: assignment.id, step: step, total: render.timesteps.count, preview: preview))
+            if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
+                do {
+                    try Checkpoints.write(render.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
+                } catch {
+                    fail(active, error)
+                }
+            }
+        }
+    }
+
+    private func fail(_ active: Active, _ error: Error) {
+        let retryable = !(error is RenderError || error is OutputDirectory.DiskFull)
+        finish(active.assignment, .failed(id: active.assignment.id, error: "\(error)", retryable: retryable))
+    }
+
+    private func publish(_ active: Active) {
+        let (assignment, render) = (active.assignment, active.render)
         do {
             try OutputDirectory.publish(render, to: assignment.outputDirectory, owner: assignment.owner)
-        } catch let error as OutputDirectory.DiskFull {
-            report(.failed(id: id, error: error.message, retryable: false))
-            return
         } catch {
-            report(.failed(id: id, error: "\(error)", retryable: true))
-            return
+            return fail(active, error)
         }
-        log.info("job \(id): \(render.job.count) image(s) in \(Self.seconds(render.stepSeconds))")
-        report(.succeeded(id: id, images: render.job.count))
+        log.info("job \(assignment.id): \(render.job.count) image(s) in \(Self.seconds(render.stepSeconds)) of steps")
+        finish(assignment, .succeeded(id: assignment.id, images: render.job.count))
+    }
+
+    /// The job's last report: its checkpoint and preview go.
+    private func finish(_ assignment: RenderAssignment, _ event: WorkerEvent) {
+        Checkpoints.remove(assignment.checkpointPath)
+        unlink(assignment.previewPath)
+        ended.insert(assignment.id)
+        report(event)
+    }
+
+    /// x̂₀ as a grid PNG, replaced atomically; nil if it could not be written.
+    private func writePreview(_ estimate: Tensor, _ assignment: RenderAssignment) -> String? {
+        let temporary = assignment.previewPath + ".tmp"
+        do {
+            try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, to: temporary)
+            guard rename(temporary, assignment.previewPath) == 0 else { return nil }
+            if geteuid() == 0 && assignment.owner != 0 { chown(assignment.previewPath, assignment.owner, gid_t.max) }
+            return assignment.previewPath
+        } catch {
+            log.warning("job \(assignment.id): no preview: \(error)")
+            return nil
+        }
     }
 
     static func seconds(_ value: Double) -> String { String(format: "%.1f s", value) }

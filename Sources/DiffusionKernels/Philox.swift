@@ -14,6 +14,20 @@ public struct Philox: Sendable, Equatable {
         counter = (0, 0, 0, 0)
     }
 
+    /// The whole state as 11 words (key, counter, the buffered block, how much of
+    /// it is left), for checkpoints: a generator rebuilt from it continues exactly.
+    public var state: [UInt32] {
+        [key.0, key.1, counter.0, counter.1, counter.2, counter.3, buffer.0, buffer.1, buffer.2, buffer.3, UInt32(buffered)]
+    }
+
+    public init?(state: [UInt32]) {
+        guard state.count == 11, state[10] <= 4 else { return nil }
+        key = (state[0], state[1])
+        counter = (state[2], state[3], state[4], state[5])
+        buffer = (state[6], state[7], state[8], state[9])
+        buffered = Int(state[10])
+    }
+
     public static func == (a: Philox, b: Philox) -> Bool {
         a.key == b.key && a.counter == b.counter && a.buffered == b.buffered && a.buffer == b.buffer
     }

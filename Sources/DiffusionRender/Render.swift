@@ -19,9 +19,9 @@ public final class Render: @unchecked Sendable {
     public let labels: [Int]?
     public let levels: NoiseLevels
     public let timesteps: [Int32]
-    public private(set) var sample: Tensor
-    public private(set) var predictedOriginal: Tensor?
-    public private(set) var completedSteps = 0
+    public internal(set) var sample: Tensor
+    public internal(set) var predictedOriginal: Tensor?
+    public internal(set) var completedSteps = 0
     /// Seconds spent in the model and in everything else of the steps so far.
     public private(set) var modelSeconds = 0.0
     public private(set) var stepSeconds = 0.0
@@ -144,43 +144,64 @@ public final class Render: @unchecked Sendable {
 
     public var isFinished: Bool { completedSteps == timesteps.count }
 
-    /// Runs the next step.
-    public func step() throws {
-        let start = DispatchTime.now().uptimeNanoseconds
-        let index = completedSteps
-        let t = Int(timesteps[index])
-        let alpha = levels.alphasCumprod[t]
+    /// One step's model evaluation for this render: every pass the guidance asks
+    /// for (conditional and null-label copies side by side), at this render's timestep.
+    public struct ModelPass {
+        public let input: Tensor
+        public let timesteps: [Float]
+        public let alphasCumprod: [Double]
+        public let labels: [Int]?
+    }
+
+    /// The model input of the next step.
+    public func nextModelPass() -> ModelPass {
+        let t = Int(timesteps[completedSteps])
         let count = job.count
-        var conditionalLabels: [Int]?
-        var unconditionalLabels: [Int]?
         let wantsConditional = guidance?.needsConditional ?? true
         let wantsUnconditional = guidance?.needsUnconditional ?? false
+        var passLabels: [Int]?
         if let labels {
-            if wantsConditional { conditionalLabels = labels }
-            if wantsUnconditional { unconditionalLabels = [Int](repeating: model.nullClass!, count: count) }
+            passLabels = (wantsConditional ? labels : []) + (wantsUnconditional ? [Int](repeating: model.nullClass!, count: count) : [])
         }
-        // 1. The model, on one batch holding every pass the guidance asks for.
         let passes = (wantsConditional ? 1 : 0) + (wantsUnconditional && labels != nil ? 1 : 0)
         let input = passes == 2 ? Tensor.stacking([sample, sample]) : sample
-        let passLabels = labels == nil ? nil : (conditionalLabels ?? []) + (unconditionalLabels ?? [])
+        return ModelPass(input: input, timesteps: [Float](repeating: Float(t), count: input.shape[0]),
+                         alphasCumprod: [Double](repeating: levels.alphasCumprod[t], count: input.shape[0]), labels: passLabels)
+    }
+
+    /// Runs the next step: 1. the model on `nextModelPass()`, 2. guidance, 3. the sampler.
+    public func step() throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let pass = nextModelPass()
         let modelStart = DispatchTime.now().uptimeNanoseconds
-        let output = try model.denoiser.predict(
-            input, timesteps: [Float](repeating: Float(t), count: input.shape[0]),
-            alphasCumprod: [Double](repeating: alpha, count: input.shape[0]), classLabels: passLabels, on: runtime)
-        modelSeconds += Double(DispatchTime.now().uptimeNanoseconds - modelStart) / 1e9
+        let output = try model.denoiser.predict(pass.input, timesteps: pass.timesteps, alphasCumprod: pass.alphasCumprod,
+                                                classLabels: pass.labels, on: runtime)
+        let modelTime = Double(DispatchTime.now().uptimeNanoseconds - modelStart) / 1e9
+        try finishStep(modelOutput: output, modelSeconds: modelTime)
+        stepSeconds += Double(modelStart - start) / 1e9
+    }
+
+    /// Steps 2 and 3 of a step whose model output (for `nextModelPass()`) was
+    /// computed elsewhere, e.g. in one batch with other renders.
+    public func finishStep(modelOutput output: Tensor, modelSeconds modelTime: Double) throws {
+        let start = DispatchTime.now().uptimeNanoseconds
+        let t = Int(timesteps[completedSteps])
+        let count = job.count
+        let wantsConditional = guidance?.needsConditional ?? true
+        let wantsUnconditional = guidance?.needsUnconditional ?? false
+        let passes = output.shape[0] / count
         let conditional = wantsConditional ? (passes == 2 ? output.slice(0..<count) : output) : nil
         let unconditional = wantsUnconditional ? (passes == 2 ? output.slice(count..<(2 * count)) : output) : nil
-
-        // 2. Guidance, 3. the sampler's update.
         let guided = try guidance?.combine(
             sample: sample, conditional: conditional, unconditional: unconditional,
-            labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init), timestep: t, alphaCumprod: alpha,
-            classifier: classifier) ?? output
-        let (previous, original) = try sampler.step(index, modelOutput: guided, sample: sample, generators: generators)
+            labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init), timestep: t,
+            alphaCumprod: levels.alphasCumprod[t], classifier: classifier) ?? output
+        let (previous, original) = try sampler.step(completedSteps, modelOutput: guided, sample: sample, generators: generators)
         sample = previous
         predictedOriginal = original
         completedSteps += 1
-        stepSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        modelSeconds += modelTime
+        stepSeconds += modelTime + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
     /// Runs every remaining step, calling `progress(done, total)` after each.

@@ -36,10 +36,7 @@ public enum RenderOutput {
                                   width: width, height: height, channels: channels,
                                   text: ["diffusiond": try json(text)])
             }
-            let columns = min(render.job.gridColumns ?? Int(Double(count).squareRoot().rounded(.up)), count)
-            let rows = (count + columns - 1) / columns
-            try PNGFile.write(path: "\(directory)/grid.png", pixels: pixels(samples, images: 0..<count, columns: columns),
-                              width: width * columns, height: height * rows, channels: channels, text: [:])
+            try writeGrid(samples, columns: render.job.gridColumns, to: "\(directory)/grid.png")
         }
         if render.job.formats.contains(.npy) {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
@@ -47,6 +44,16 @@ public enum RenderOutput {
         guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
             throw RenderError("cannot write \(directory)/job.json")
         }
+    }
+
+    /// Every image of `samples` in one PNG, `columns` wide (default ⌈√count⌉).
+    /// grid.png, and the daemon's previews of x̂₀, are this.
+    public static func writeGrid(_ samples: Tensor, columns: Int?, to path: String) throws {
+        let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
+        let columns = min(columns ?? Int(Double(count).squareRoot().rounded(.up)), count)
+        let rows = (count + columns - 1) / columns
+        try PNGFile.write(path: path, pixels: pixels(samples, images: 0..<count, columns: columns),
+                          width: width * columns, height: height * rows, channels: channels, text: [:])
     }
 
     static func json(_ object: Any) throws -> String {

@@ -350,7 +350,8 @@ struct Stats: ParsableCommand {
         if global.json { return printJSON(reply) }
         let jobs = reply["jobs"] as? [String: Any] ?? [:]
         print(["queued", "held", "running", "succeeded", "failed", "canceled"].map { "\($0) \(jobs[$0] ?? 0)" }.joined(separator: ", "))
-        print("running job: \(reply["running"] as? String ?? "none"); images rendered \(reply["images_rendered"] ?? 0); clients \(reply["clients"] ?? 0)")
+        let running = (reply["running"] as? [String] ?? []).joined(separator: ", ")
+        print("running: \(running.isEmpty ? "none" : running); images rendered \(reply["images_rendered"] ?? 0); clients \(reply["clients"] ?? 0)")
         print(String(format: "uptime %.0f s, pid %@", reply["uptime_seconds"] as? Double ?? 0, "\(reply["pid"] ?? "")"))
     }
 }

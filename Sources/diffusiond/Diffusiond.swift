@@ -33,7 +33,7 @@ struct Serve: ParsableCommand {
         let settings = try loadConfig(config)
         DaemonLog.bootstrap(level: settings.logLevel)
         do {
-            let daemon = try Daemon(config: settings)
+            let daemon = try Daemon(config: settings, path: config)
             let status = try daemon.run()
             throw ExitCode(status)
         } catch let error as ExitCode {

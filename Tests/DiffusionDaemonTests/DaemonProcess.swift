@@ -24,7 +24,8 @@ final class DaemonProcess {
     private(set) var process: Process?
 
     /// Writes a configuration (`extra` is appended as TOML) and starts the daemon.
-    init(extra: String = "", start: Bool = true) throws {
+    /// Jobs render one at a time unless `batchImages` lets them share a batch.
+    init(extra: String = "", batchImages: Int = 1, start: Bool = true) throws {
         root = try Self.temporaryDirectory()
         state = "\(root)/state"
         socket = "\(root)/state/diffusiond.sock"
@@ -36,6 +37,7 @@ final class DaemonProcess {
             models = ["\(Self.packageRoot)/models"]
             [render]
             threads = 1
+            batch_images = \(batchImages)
             [log]
             level = "debug"
             \(extra)

@@ -89,4 +89,14 @@ import Testing
         var b = Philox(seed: 42)
         #expect((0..<1000).map { _ in b.nextNormal() } == first)
     }
+
+    @Test func aGeneratorRebuiltFromItsStateContinuesExactly() throws {
+        var a = Philox(seed: 7)
+        for skip in [0, 1, 2, 3, 5] {
+            for _ in 0..<skip { _ = a.next() }
+            var b = try #require(Philox(state: a.state))
+            #expect((0..<9).map { _ in b.next() } == (0..<9).map { _ in a.next() })
+        }
+        #expect(Philox(state: [1, 2, 3]) == nil)
+    }
 }
