@@ -64,7 +64,7 @@ let package = Package(
         .executableTarget(
             name: "diffctl",
             dependencies: ["DiffusionDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionRender"], swiftSettings: nativeCode),
+        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionDaemon"], swiftSettings: nativeCode),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),

@@ -121,7 +121,7 @@ public final class Daemon {
     func dispatch() {
         guard !stopping else { return }
         do {
-            while true {
+            while running.values.reduce(0, { $0 + $1.assignment.job.count }) < config.batchImages || running.isEmpty {
                 let now = JobStore.now()
                 guard let record = try store.nextRunnable(now: now) else {
                     if let next = try store.earliestBackoff(after: now) {

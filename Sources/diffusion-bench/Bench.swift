@@ -9,10 +9,15 @@ struct BenchOptions {
     var config = "tools/bench/ddpm-cifar10-32-config.json"
     var python: String? = ProcessInfo.processInfo.environment["DIFFUSION_BENCH_PYTHON"]
     var measureBatch: Int?
+    var queueJobs = 10_000
+    var daemonOnly = false
 
     static let usage = """
         usage: diffusion-bench [--threads N] [--batches 1,8] [--iterations N] [--config PATH] [--python PATH]
+                               [--queue-jobs N] [--daemon-only]
           --python  a Python with torch and diffusers (default $DIFFUSION_BENCH_PYTHON); without it only this runtime is timed
+          --queue-jobs  jobs the queue-load measurement submits (default 10000)
+          --daemon-only  only the daemon's measurements (queue load, batching)
         """
 
     static func parse(_ arguments: ArraySlice<String>) -> BenchOptions {
@@ -33,6 +38,8 @@ struct BenchOptions {
             case "--config": options.config = value(flag)
             case "--python": options.python = value(flag)
             case "--measure-batch": options.measureBatch = number(flag)
+            case "--queue-jobs": options.queueJobs = number(flag)
+            case "--daemon-only": options.daemonOnly = true
             case "--batches":
                 let list = value(flag).split(separator: ",").compactMap { Int($0) }
                 guard !list.isEmpty, list.allSatisfy({ $0 > 0 }) else { fail("--batches takes a list such as 1,8") }

@@ -3,13 +3,17 @@
 // is at hand, the same model in PyTorch in the same run. Each measurement runs in
 // a child process of its own, so that its peak RSS is its own. Then it times
 // whole render steps on the same model, to show what the sampler and guidance
-// plugins cost beside the U-Net.
+// plugins cost beside the U-Net, and the daemon under load: submit latency with
+// a growing queue, and the gain of batching compatible jobs.
 import Foundation
 
 let options = BenchOptions.parse(CommandLine.arguments.dropFirst())
 if let batch = options.measureBatch {
     print(try measureKernelRuntime(batch: batch, options: options).json)
 } else {
-    runComparison(options)
-    try runStepOverhead(options)
+    if !options.daemonOnly {
+        runComparison(options)
+        try runStepOverhead(options)
+    }
+    try runDaemonBench(options)
 }
