@@ -12,8 +12,9 @@ enum OutputDirectory {
 
     static func path(outputs: String, id: Int) -> String { "\(outputs)/\(id)" }
 
-    /// Writes `render`'s files as `directory`, owned by `owner` when the daemon may
-    /// give files away (it runs as root); otherwise they are world-readable.
+    /// Writes `render`'s files as `directory`, given to `owner` when the daemon may
+    /// give files away (root, or CAP_CHOWN as the systemd unit grants); otherwise
+    /// they stay the daemon's, world-readable.
     static func publish(_ render: Render, to directory: String, owner: uid_t) throws {
         let url = URL(fileURLWithPath: directory)
         let parent = url.deletingLastPathComponent().path
@@ -27,7 +28,7 @@ enum OutputDirectory {
             if isDiskFull(parent, error) { throw DiskFull(message: "no space left on device for \(directory)") }
             throw error
         }
-        if geteuid() == 0 && owner != 0 { try giveAway(partial, to: owner) }
+        giveAway(partial, to: owner)
         try? fm.removeItem(atPath: directory)
         guard rename(partial, directory) == 0 else {
             let reason = String(cString: strerror(errno))
@@ -53,12 +54,10 @@ enum OutputDirectory {
         return statvfs(directory, &stats) == 0 && stats.f_bavail == 0
     }
 
-    private static func giveAway(_ directory: String, to owner: uid_t) throws {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        for path in [directory] + names.map({ "\(directory)/\($0)" }) {
-            guard chown(path, owner, gid_t.max) == 0 else {
-                throw RenderError("cannot give \(path) to uid \(owner): \(String(cString: strerror(errno)))")
-            }
-        }
+    /// chown to the job's owner; EPERM (no CAP_CHOWN) leaves the files as they are.
+    static func giveAway(_ path: String, to owner: uid_t) {
+        guard owner != geteuid() else { return }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? []
+        for item in [path] + names.map({ "\(path)/\($0)" }) where chown(item, owner, gid_t.max) != 0 { return }
     }
 }

@@ -248,7 +248,7 @@ final class RenderWorker: @unchecked Sendable {
         do {
             try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, to: temporary)
             guard rename(temporary, assignment.previewPath) == 0 else { return nil }
-            if geteuid() == 0 && assignment.owner != 0 { chown(assignment.previewPath, assignment.owner, gid_t.max) }
+            OutputDirectory.giveAway(assignment.previewPath, to: assignment.owner)
             return assignment.previewPath
         } catch {
             log.warning("job \(assignment.id): no preview: \(error)")

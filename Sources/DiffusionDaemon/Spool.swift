@@ -122,9 +122,9 @@ final class Spool {
         let errorPath = "\(rejected)/\(base).error"
         unlink(errorPath)
         if FileManager.default.createFile(atPath: errorPath, contents: Data("\(reason)\n".utf8), attributes: [.posixPermissions: 0o644]),
-           let owner, geteuid() == 0
+           let owner
         {
-            chown(errorPath, owner, gid_t.max)
+            OutputDirectory.giveAway(errorPath, to: owner)
         }
     }
 

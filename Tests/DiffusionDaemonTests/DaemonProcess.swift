@@ -25,7 +25,7 @@ final class DaemonProcess {
 
     /// Writes a configuration (`extra` is appended as TOML) and starts the daemon.
     /// Jobs render one at a time unless `batchImages` lets them share a batch.
-    init(extra: String = "", batchImages: Int = 1, start: Bool = true) throws {
+    init(extra: String = "", batchImages: Int = 1, outputs: String = "state/outputs", start: Bool = true) throws {
         root = try Self.temporaryDirectory()
         state = "\(root)/state"
         socket = "\(root)/state/diffusiond.sock"
@@ -34,6 +34,7 @@ final class DaemonProcess {
             [paths]
             state = "state"
             socket = "state/diffusiond.sock"
+            outputs = "\(outputs)"
             models = ["\(Self.packageRoot)/models"]
             [render]
             threads = 1
