@@ -1,0 +1,117 @@
+import DiffusionDaemon
+import Foundation
+import Testing
+
+/// The daemon's side of systemd without systemd as PID 1: the test plays the
+/// manager, reading $NOTIFY_SOCKET and passing a listening socket as fd 3.
+@Suite(.serialized) struct SystemdTests {
+    /// An AF_UNIX socket bound at `path` (datagram for notify, stream for activation).
+    static func boundSocket(_ path: String, type: Int32) throws -> Int32 {
+        let fd = socket(AF_UNIX, type, 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: Array(path.utf8))
+            raw[path.utf8.count] = 0
+        }
+        let status = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard fd >= 0, status == 0 else { throw DaemonError("cannot bind \(path)") }
+        return fd
+    }
+
+    @Test func notifiesReadyStatusWatchdogAndStopping() throws {
+        let daemon = try DaemonProcess(start: false)
+        let notifyPath = "\(daemon.root)/notify.sock"
+        let fd = try Self.boundSocket(notifyPath, type: Int32(SOCK_DGRAM.rawValue))
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func receive() -> String? {
+            var buffer = [UInt8](repeating: 0, count: 4096)
+            let count = recv(fd, &buffer, buffer.count, 0)
+            return count > 0 ? String(decoding: buffer[..<count], as: UTF8.self) : nil
+        }
+        try daemon.start(environment: ["NOTIFY_SOCKET": notifyPath, "WATCHDOG_USEC": "200000"])
+        var messages: [String] = []
+        while let message = receive() {
+            messages.append(message)
+            if messages.contains(where: { $0.contains("READY=1") }) && messages.contains("WATCHDOG=1") { break }
+        }
+        let ready = try #require(messages.first { $0.contains("READY=1") })
+        #expect(ready.contains("STATUS=idle; 0 queued"))
+        #expect(ready.contains("MAINPID=\(daemon.process!.processIdentifier)"))
+        #expect(messages.contains("WATCHDOG=1"))
+        let id = try daemon.submit(DaemonProcess.smallJob(steps: 3))
+        try daemon.wait(for: id, state: "succeeded")
+        #expect(daemon.stop() == 0)
+        var rest: [String] = []
+        timeout = timeval(tv_sec: 1, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        while let message = receive() { rest.append(message) }
+        #expect(rest.contains { $0.hasPrefix("STATUS=rendering job \(id)") })
+        #expect(rest.contains { $0.hasPrefix("STOPPING=1") })
+    }
+
+    @Test func adoptsTheSocketSystemdPasses() throws {
+        let daemon = try DaemonProcess(start: false)
+        let activated = "\(daemon.root)/activated.sock"
+        let listener = try Self.boundSocket(activated, type: Int32(SOCK_STREAM.rawValue))
+        #expect(listen(listener, 16) == 0)
+        let log = open(daemon.logPath, O_WRONLY | O_CREAT | O_APPEND, 0o644)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, listener, 3)
+        posix_spawn_file_actions_adddup2(&actions, log, 1)
+        posix_spawn_file_actions_adddup2(&actions, log, 2)
+        // LISTEN_PID must be the daemon's own pid: a shell sets it to $$ and execs.
+        let arguments = ["/bin/sh", "-c", "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" --config \"$1\"",
+                         "\(DaemonProcess.buildDirectory)/diffusiond", daemon.configPath]
+        var argv = arguments.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        #expect(posix_spawn(&pid, "/bin/sh", &actions, nil, &argv, environ) == 0)
+        close(log)
+        close(listener)
+        defer {
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        }
+        var pong: [String: Any]?
+        let deadline = Date().addingTimeInterval(20)
+        while pong == nil && Date() < deadline {
+            pong = try? DaemonClient(socketPath: activated).call(["verb": "ping"])
+            if pong == nil { usleep(20_000) }
+        }
+        #expect(pong?["ok"] as? Bool == true)
+        #expect(daemon.log.contains("listening on the socket systemd passed (fd 3)"))
+        #expect(!FileManager.default.fileExists(atPath: daemon.socket), "the configured socket path was bound as well")
+        kill(pid, SIGTERM)
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        #expect(status == 0)
+        // The socket belongs to systemd: the daemon leaves it in place.
+        #expect(FileManager.default.fileExists(atPath: activated))
+    }
+
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/systemd-analyze")))
+    func theServiceUnitScoresTwoOrLower() throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/systemd-analyze")
+        process.arguments = ["security", "--offline=yes", "\(DaemonProcess.packageRoot)/systemd/diffusiond.service"]
+        let out = Pipe()
+        process.standardOutput = out
+        process.standardError = out
+        try process.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        let line = try #require(text.split(separator: "\n").first { $0.contains("Overall exposure level for diffusiond.service:") })
+        let score = try #require(Double(line.split(separator: ":")[1].split(separator: " ")[0]))
+        print("systemd-analyze security --offline=yes: \(score)")
+        #expect(score <= 2.0, "\(line)")
+        #expect(!text.contains("PrivateUsers=yes") && !text.contains("DynamicUser=yes"))
+    }
+}
