@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test bench demo tools-python fixtures clean
+.PHONY: all deps build test bench soak demo install tools-python fixtures clean
 
 all: build
 
@@ -25,20 +25,38 @@ test: deps
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
 
-# The main job: the default Fashion-MNIST model renders every class, 8 of each,
-# with classifier-free guidance, into out/demo/ (one class a row of grid.png).
+# The main job: diffusiond with a local configuration in out/demo renders the
+# default Fashion-MNIST model's every class, 8 of each (one class a row of
+# grid.png), submitted with diffctl, plus a job dropped in the spool.
 demo: build
-	@mkdir -p out/demo
-	@printf '%s\n' '{"model": "fashion-mnist", "sampler": "ddim", "steps": 50, "seed": 2026, "count": 80,' \
-	  ' "class": [0,0,0,0,0,0,0,0, 1,1,1,1,1,1,1,1, 2,2,2,2,2,2,2,2, 3,3,3,3,3,3,3,3, 4,4,4,4,4,4,4,4,' \
-	  '           5,5,5,5,5,5,5,5, 6,6,6,6,6,6,6,6, 7,7,7,7,7,7,7,7, 8,8,8,8,8,8,8,8, 9,9,9,9,9,9,9,9],' \
-	  ' "guidance": {"kind": "cfg"}, "grid_columns": 8}' > out/demo/job.json
-	.build/release/diffusiond render out/demo/job.json --output out/demo/images --models models
-	@echo "grid: $(CURDIR)/out/demo/images/grid.png (rows: T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot)"
-	@echo "images: $(CURDIR)/out/demo/images/image-0000.png ... image-0079.png"
+	sh tools/demo.sh
 
 bench: build
 	.build/release/diffusion-bench $(if $(BENCH_PYTHON),--python $(BENCH_PYTHON))
+
+# kill -9 the daemon 50 times while it renders 20 jobs; reports what it found.
+soak: build
+	.build/release/diffusion-bench --soak 50
+
+# Binaries, plugins, the default model, the configuration (kept if present) and
+# the systemd units, under PREFIX (paths in the units follow it), and the
+# service's user. DESTDIR stages a package.
+PREFIX ?= /usr/local
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins \
+	  $(DESTDIR)$(PREFIX)/share/diffusiond/models $(DESTDIR)$(PREFIX)/share/doc/diffusiond \
+	  $(DESTDIR)/etc/diffusiond $(DESTDIR)/etc/systemd/system
+	install -m 755 .build/release/diffusiond .build/release/diffctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 .build/release/libdiffusion-plugin-*.so $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins/
+	rm -rf $(DESTDIR)$(PREFIX)/share/diffusiond/models/fashion-mnist
+	cp -R models/fashion-mnist $(DESTDIR)$(PREFIX)/share/diffusiond/models/
+	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/diffusiond/
+	[ -e $(DESTDIR)/etc/diffusiond/diffusiond.toml ] || install -m 644 etc/diffusiond.toml $(DESTDIR)/etc/diffusiond/
+	for unit in diffusiond.service diffusiond.socket; do \
+	  sed 's|/usr/local|$(PREFIX)|g' systemd/$$unit > $(DESTDIR)/etc/systemd/system/$$unit; done
+	@if [ -z "$(DESTDIR)" ] && ! getent passwd diffusiond > /dev/null; then \
+	  useradd --system --home-dir /var/lib/diffusiond --no-create-home --shell /usr/sbin/nologin diffusiond; fi
+	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now diffusiond.socket"
 
 # The tool Python: torch and diffusers from PyPI, for benchmarks and fixtures only.
 tools-python:

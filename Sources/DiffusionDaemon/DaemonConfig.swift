@@ -37,7 +37,10 @@ public struct DaemonConfig: Sendable {
     public var checkpoints: String { "\(stateDirectory)/checkpoints" }
     public var previews: String { "\(stateDirectory)/previews" }
 
-    public static let installedModels = "/usr/local/share/diffusiond/models"
+    /// PREFIX/share/diffusiond/models for a program installed in PREFIX/bin.
+    public static var installedModels: String {
+        URL(fileURLWithPath: "\(PluginRegistry.executableDirectory)/../share/diffusiond/models").standardized.path
+    }
 
     public init() {}
 
@@ -113,7 +116,7 @@ public struct DaemonConfig: Sendable {
     /// Plugin directories: the configured ones, then the built-in ones.
     public var allPluginDirectories: [String] { pluginDirectories + PluginRegistry.defaultDirectories() }
 
-    /// Model directories: the configured ones, then the installed default models.
+    /// Model directories: the configured ones, then the installed models.
     public var allModelDirectories: [String] { modelDirectories + [Self.installedModels] }
 }
 

@@ -408,3 +408,8 @@ struct Owner: Equatable {
         return Int(result.pointee.pw_uid)
     }
 }
+
+/// SQLite's `PRAGMA integrity_check` of a queue file ("ok" when sound), for tools.
+public enum JobStoreCheck {
+    public static func integrity(of path: String) throws -> String { try JobStore(path: path).integrityCheck() }
+}

@@ -127,9 +127,16 @@ public final class PluginRegistry: @unchecked Sendable {
     static func text(_ pointer: UnsafePointer<CChar>?) -> String { pointer.map { String(cString: $0) } ?? "" }
 
     /// The plugin directories a program finds without configuration: beside its
-    /// own executable (a `swift build` tree) and the installed directory.
-    public static func defaultDirectories(installed: String = "/usr/local/lib/diffusiond/plugins") -> [String] {
-        let executable = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath()
-        return [executable.deletingLastPathComponent().path, installed]
+    /// own executable (a `swift build` tree), and PREFIX/lib/diffusiond/plugins
+    /// for an executable installed in PREFIX/bin (`make install`).
+    public static func defaultDirectories() -> [String] {
+        let directory = executableDirectory
+        return [directory, URL(fileURLWithPath: "\(directory)/../lib/diffusiond/plugins").standardized.path]
+    }
+
+    /// The running program's directory (/proc/self/exe, whatever PATH found it by).
+    public static var executableDirectory: String {
+        let path = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        return URL(fileURLWithPath: path).resolvingSymlinksInPath().deletingLastPathComponent().path
     }
 }

@@ -129,7 +129,10 @@ struct Submit: ParsableCommand {
         let reply = try call(global, ["verb": "submit", "job": job])
         let record = reply["job"] as? [String: Any] ?? [:]
         if watch {
-            if !global.json { print("job \(record["id"] ?? "?") queued") }
+            if !global.json {
+                print("job \(record["id"] ?? "?") queued")
+                fflush(nil)
+            }
             try Watch.follow(global, id: "\(record["id"] ?? "")")
         } else if global.json {
             printJSON(record)

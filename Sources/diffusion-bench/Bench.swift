@@ -11,13 +11,15 @@ struct BenchOptions {
     var measureBatch: Int?
     var queueJobs = 10_000
     var daemonOnly = false
+    var soakKills: Int?
 
     static let usage = """
         usage: diffusion-bench [--threads N] [--batches 1,8] [--iterations N] [--config PATH] [--python PATH]
-                               [--queue-jobs N] [--daemon-only]
+                               [--queue-jobs N] [--daemon-only] [--soak KILLS]
           --python  a Python with torch and diffusers (default $DIFFUSION_BENCH_PYTHON); without it only this runtime is timed
           --queue-jobs  jobs the queue-load measurement submits (default 10000)
           --daemon-only  only the daemon's measurements (queue load, batching)
+          --soak KILLS  only the crash soak: kill -9 the daemon KILLS times while it renders 20 jobs
         """
 
     static func parse(_ arguments: ArraySlice<String>) -> BenchOptions {
@@ -40,6 +42,7 @@ struct BenchOptions {
             case "--measure-batch": options.measureBatch = number(flag)
             case "--queue-jobs": options.queueJobs = number(flag)
             case "--daemon-only": options.daemonOnly = true
+            case "--soak": options.soakKills = number(flag)
             case "--batches":
                 let list = value(flag).split(separator: ",").compactMap { Int($0) }
                 guard !list.isEmpty, list.allSatisfy({ $0 > 0 }) else { fail("--batches takes a list such as 1,8") }

@@ -11,12 +11,12 @@ func runDaemonBench(_ options: BenchOptions) throws {
 }
 
 /// A diffusiond in a scratch directory, stopped and removed at the end.
-private final class ScratchDaemon {
+final class ScratchDaemon {
     let root: String
     let socket: String
-    let process = Process()
+    private var process: Process?
 
-    init(batchImages: Int, threads: Int) throws {
+    init(batchImages: Int, threads: Int, checkpointEvery: Int = 10) throws {
         root = "/tmp/diffusion-bench-\(UUID().uuidString.prefix(8))"
         socket = "\(root)/state/diffusiond.sock"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -30,16 +30,26 @@ private final class ScratchDaemon {
             [render]
             threads = \(threads)
             batch_images = \(batchImages)
+            [checkpoint]
+            every_steps = \(checkpointEvery)
             [history]
             keep_jobs = 100000
             [log]
             level = "warning"
             """.write(toFile: "\(root)/diffusiond.toml", atomically: true, encoding: .utf8)
+        try start()
+    }
+
+    /// Starts the daemon and waits until it answers.
+    func start() throws {
+        let process = Process()
         let binary = URL(fileURLWithPath: CommandLine.arguments[0]).resolvingSymlinksInPath().deletingLastPathComponent()
             .appendingPathComponent("diffusiond").path
         process.executableURL = URL(fileURLWithPath: binary)
         process.arguments = ["--config", "\(root)/diffusiond.toml"]
+        process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
+        self.process = process
         let deadline = Date().addingTimeInterval(20)
         while Date() < deadline {
             if let client = try? DaemonClient(socketPath: socket), (try? client.call(["verb": "ping"]))?["ok"] as? Bool == true {
@@ -50,11 +60,20 @@ private final class ScratchDaemon {
         fail("diffusiond did not start")
     }
 
+    func kill9() {
+        guard let process else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+        self.process = nil
+    }
+
     func client() throws -> DaemonClient { try DaemonClient(socketPath: socket) }
 
     deinit {
-        kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        if let process {
+            kill(process.processIdentifier, SIGTERM)
+            process.waitUntilExit()
+        }
         try? FileManager.default.removeItem(atPath: root)
     }
 }
@@ -119,7 +138,7 @@ private func batching(_ options: BenchOptions) throws {
                  seconds[0], seconds[1], seconds[0] / seconds[1], identical ? "yes" : "NO"))
 }
 
-private func waitAll(_ client: DaemonClient, _ ids: [String]) throws {
+func waitAll(_ client: DaemonClient, _ ids: [String]) throws {
     for id in ids {
         while true {
             let job = try client.call(["verb": "show", "id": id])["job"] as? [String: Any] ?? [:]

@@ -8,7 +8,9 @@
 import Foundation
 
 let options = BenchOptions.parse(CommandLine.arguments.dropFirst())
-if let batch = options.measureBatch {
+if let kills = options.soakKills {
+    try runSoak(kills: kills, options: options)
+} else if let batch = options.measureBatch {
     print(try measureKernelRuntime(batch: batch, options: options).json)
 } else {
     if !options.daemonOnly {
