@@ -28,7 +28,8 @@ int dfn_send_datagram(const char *path, const char *message) {
     if (path[0] == '@') address.sun_path[0] = '\0';
     int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return errno;
-    ssize_t sent = sendto(fd, message, strlen(message), MSG_NOSIGNAL, (struct sockaddr *)&address,
+    // Never block the caller (the event loop) on a manager that reads slowly.
+    ssize_t sent = sendto(fd, message, strlen(message), MSG_NOSIGNAL | MSG_DONTWAIT, (struct sockaddr *)&address,
                           (socklen_t)(offsetof(struct sockaddr_un, sun_path) + length));
     int status = sent < 0 ? errno : 0;
     close(fd);

@@ -125,6 +125,43 @@ import Testing
         #expect(daemon.stop() == 0)
     }
 
+    @Test func previewsAreAnnouncedToWatchers() throws {
+        let daemon = try DaemonProcess()
+        var job = DaemonProcess.smallJob(steps: 12, count: 4)
+        job["preview_every"] = 4
+        let id = try daemon.submit(job)
+        let client = try daemon.client()
+        try client.send(["verb": "watch", "id": id])
+        var previews: Set<String> = []
+        var sawFile = false
+        while true {
+            let event = try client.receive()
+            let progress = (event["job"] as? [String: Any])?["progress"] as? [String: Any] ?? [:]
+            if let preview = progress["preview"] as? String {
+                previews.insert(preview)
+                sawFile = sawFile || FileManager.default.fileExists(atPath: preview)
+            }
+            if event["event"] as? String == "end" { break }
+        }
+        #expect(previews == ["\(daemon.state)/previews/\(id).png"])
+        #expect(sawFile)
+        #expect(!FileManager.default.fileExists(atPath: "\(daemon.state)/previews/\(id).png"), "a finished job's preview stays")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test func sighupRereadsTheConfiguration() throws {
+        let daemon = try DaemonProcess()
+        #expect(try daemon.diffctl(["submit", "--model", "fashion-mnist", "--steps", "20"]).status == 0)
+        let config = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
+        try (config + "\n[limits]\nmax_steps = 10\n").write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
+        kill(daemon.process!.processIdentifier, SIGHUP)
+        let deadline = Date().addingTimeInterval(10)
+        while !daemon.log.contains("reloaded: plugins") && Date() < deadline { usleep(20_000) }
+        let refused = try daemon.diffctl(["submit", "--model", "fashion-mnist", "--steps", "20"])
+        #expect(refused.stderr == "diffctl: job: steps 20 is over the limit of 10\n")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test func oneDaemonPerStateDirectory() throws {
         let daemon = try DaemonProcess()
         let second = Process()

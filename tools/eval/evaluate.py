@@ -128,7 +128,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="models/fashion-mnist")
     parser.add_argument("--binary", default=".build/release/diffusiond")
-    parser.add_argument("--classifier-scales", default="1,3,10")
+    parser.add_argument("--classifier-scales", default="3,10,20")
     parser.add_argument("--output", default="-", help="a JSON file for the figures (default: print only)")
     args = parser.parse_args()
     torch.set_num_threads(2)
