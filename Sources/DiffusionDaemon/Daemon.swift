@@ -93,7 +93,8 @@ public final class Daemon {
         _ = try LoopDirectoryWatch(loop, path: spool.new) { [unowned self] in scanSoon() }
         LoopTimer(loop) { [unowned self] in scanSoon() }.start(after: 2000, repeatEvery: 2000)
         backoffTimer = LoopTimer(loop) { [unowned self] in dispatch() }
-        LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 3_600_000)
+        // History is pruned once a minute, not at every job's end: each prune is a write.
+        LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 60_000)
         if let interval = notifier.watchdogMilliseconds {
             LoopTimer(loop) { [unowned self] in notifier.watchdog() }.start(after: interval, repeatEvery: interval)
         }
@@ -193,11 +194,9 @@ public final class Daemon {
             if let preview { running[id]!.preview = preview }
             publish(id, event: "progress")
         case .succeeded(let id, let images):
-            try store.setProgress(id, step: running[id]?.total ?? 0, imagesDone: images)
             try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s)")
             imagesRendered += images
             finishRunning(id)
-            prune()
         case .failed(let id, let error, let retryable):
             let state = try store.fail(id, error: error, retryable: retryable, backoffSeconds: config.retryBackoffSeconds)
             log.warning("job \(id) \(state == .queued ? "failed, will retry" : "failed"): \(error)")

@@ -248,6 +248,7 @@ final class JobStore {
             case .succeeded, .failed, .canceled:
                 sets += ["finished_at = ?", "error = ?"]
                 arguments += [.real(now), error.map { .text($0) } ?? .null]
+                if to == .succeeded { sets += ["step = steps", "images_done = count"] }
             case .queued:
                 sets += ["finished_at = NULL", "not_before = 0"]
                 if resetAttempts { sets += ["attempts = 0", "error = NULL", "step = 0", "images_done = 0"] }
@@ -303,14 +304,6 @@ final class JobStore {
         try db.write {
             try db.query("UPDATE jobs SET priority = ? WHERE id = ?", [.integer(Int64(priority)), .integer(Int64(id))])
             try insertNote(id, "priority set to \(priority) by \(who)")
-        }
-    }
-
-    /// Records how far a job got (at checkpoints and at its end).
-    func setProgress(_ id: Int, step: Int, imagesDone: Int) throws {
-        try db.write {
-            try db.query("UPDATE jobs SET step = ?, images_done = ? WHERE id = ?",
-                         [.integer(Int64(step)), .integer(Int64(imagesDone)), .integer(Int64(id))])
         }
     }
 
