@@ -208,5 +208,6 @@ import Testing
         #expect(shipped.limits.maxSteps == defaults.limits.maxSteps && shipped.limits.maxPixels == defaults.limits.maxPixels)
         #expect(shipped.maxRequestBytes == defaults.maxRequestBytes && shipped.keepJobs == defaults.keepJobs)
         #expect(shipped.checkpointEverySteps == defaults.checkpointEverySteps && shipped.jobSeconds == defaults.jobSeconds)
+        #expect(shipped.batchImages == defaults.batchImages && shipped.maxAttempts == defaults.maxAttempts)
     }
 }
