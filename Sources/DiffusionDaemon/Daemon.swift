@@ -341,21 +341,22 @@ public final class Daemon {
     }
 
     /// SIGHUP: reread the configuration and rescan plugins. Jobs started from
-    /// now on see the new settings; paths and threads need a restart.
+    /// now on see the new settings; paths, threads and the log level need a restart.
     private func reload() {
         if let configPath {
             do {
                 let fresh = try DaemonConfig(path: configPath)
                 if fresh.stateDirectory != config.stateDirectory || fresh.spool != config.spool || fresh.socketPath != config.socketPath
                     || fresh.database != config.database || fresh.outputs != config.outputs || fresh.threads != config.threads
-                    || fresh.allModelDirectories != config.allModelDirectories
+                    || fresh.allModelDirectories != config.allModelDirectories || fresh.logLevel != config.logLevel
                 {
-                    log.warning("\(configPath): changes to [paths] and [render] threads take effect at the next start")
+                    log.warning("\(configPath): changes to [paths], [render] threads and [log] level take effect at the next start")
                 }
                 var kept = fresh
                 (kept.stateDirectory, kept.spoolDirectory, kept.socketPath) = (config.stateDirectory, config.spoolDirectory, config.socketPath)
                 (kept.databasePath, kept.outputsDirectory, kept.threads) = (config.databasePath, config.outputsDirectory, config.threads)
                 kept.modelDirectories = config.modelDirectories
+                kept.logLevel = config.logLevel
                 config = kept
             } catch {
                 log.error("reload: \(error); keeping the running configuration")
