@@ -56,9 +56,15 @@ final class ClientSession {
     }
 
     func send(_ object: [String: Any]) {
-        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]) else { return }
+        guard let line = Self.line(object) else { return }
+        connection.write(line)
+    }
+
+    /// One reply as the bytes of its line (shared when many clients get the same event).
+    static func line(_ object: [String: Any]) -> Data? {
+        guard var data = try? JSONSerialization.data(withJSONObject: object, options: [.withoutEscapingSlashes]) else { return nil }
         data.append(UInt8(ascii: "\n"))
-        connection.write(data)
+        return data
     }
 
     var isBehind: Bool { connection.pendingWriteBytes > Self.slowClientBytes }

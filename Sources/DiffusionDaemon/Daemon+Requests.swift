@@ -96,10 +96,10 @@ extension Daemon {
     /// Tells the job's watchers; an `end` event is the last they get for it.
     func publish(_ id: Int, event: String) {
         guard let list = watchers[id], !list.isEmpty, let record = try? store.record(id) else { return }
-        let object = jobObject(record)
         let ended = record.state.isFinished
+        guard let line = ClientSession.line(["ok": true, "event": ended ? "end" : event, "job": jobObject(record)]) else { return }
         for session in list where ended || event != "progress" || !session.isBehind {
-            session.send(["ok": true, "event": ended ? "end" : event, "job": object])
+            session.connection.write(line)
         }
         if ended {
             for session in list { session.watching.remove(id) }
@@ -197,7 +197,6 @@ extension Daemon {
                 eta = elapsed / Double(step - current.firstStep) * Double(total - step)
             }
         }
-        let job = (try? JSONSerialization.jsonObject(with: record.job)) as? [String: Any] ?? [:]
         let outputDirectory = OutputDirectory.path(outputs: config.outputs, id: record.id)
         return [
             "id": String(record.id),
@@ -206,7 +205,7 @@ extension Daemon {
             "priority": record.priority,
             "attempts": record.attempts,
             "max_attempts": record.maxAttempts,
-            "model": job["model"] ?? NSNull(),
+            "model": record.model,
             "source": record.source,
             "progress": ["step": step, "total": total, "images_done": record.imagesDone, "count": record.count,
                          "eta_seconds": eta, "preview": preview],

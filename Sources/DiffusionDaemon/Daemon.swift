@@ -111,7 +111,15 @@ public final class Daemon {
         let clean = loop.close()
         if let boundSocketPath { unlink(boundSocketPath) }
         log.notice("stopped; every loop handle closed: \(clean ? "yes" : "no")")
-        return clean ? 0 : 1
+        let status: Int32 = clean ? 0 : 1
+        // The exit handlers tear down OpenBLAS and the runtime under a thread
+        // still inside a step: wait for the step, and skip them if it lasts.
+        // Every write of the queue is committed already.
+        if !worker.waitForExit(seconds: 4) {
+            log.notice("the step in flight is abandoned")
+            _exit(status)
+        }
+        return status
     }
 
     // MARK: Scheduling
@@ -143,7 +151,7 @@ public final class Daemon {
                 }
                 try start(record, job)
             }
-            notifier.status(statusLine)
+            if notifier.isActive { notifier.status(statusLine) }
         } catch {
             log.error("the queue cannot be read: \(error)")
         }
@@ -169,14 +177,20 @@ public final class Daemon {
     }
 
     private func drainWorker() {
+        var ended = false
         for event in worker.takeEvents() {
             do {
                 try handle(event)
             } catch {
                 log.error("the queue cannot be written: \(error)")
             }
+            switch event {
+            case .progress, .resumed: break
+            default: ended = true
+            }
         }
-        dispatch()
+        // Progress alone frees no room in the batch: the queue is read only when a job ended.
+        if ended { dispatch() }
     }
 
     private func handle(_ event: WorkerEvent) throws {
@@ -294,7 +308,7 @@ public final class Daemon {
             object["seed"] = Int.random(in: 0...Int(Int64.max))
             stored = try JSONSerialization.data(withJSONObject: object)
         }
-        return try store.insert(job: stored, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
+        return try store.insert(job: stored, model: job.model, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
                                 source: source, maxAttempts: config.maxAttempts, receipt: receipt)
     }
 

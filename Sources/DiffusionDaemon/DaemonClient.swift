@@ -42,6 +42,19 @@ public final class DaemonClient {
 
     deinit { close(fd) }
 
+    /// Waits until a daemon at `socketPath` answers a ping: true then; false after
+    /// `seconds`, or as soon as `alive()` says the daemon's process has gone.
+    public static func waitForDaemon(at socketPath: String, seconds: Double, alive: () -> Bool = { true }) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline && alive() {
+            if let client = try? DaemonClient(socketPath: socketPath), (try? client.call(["verb": "ping"]))?["ok"] as? Bool == true {
+                return true
+            }
+            usleep(20_000)
+        }
+        return false
+    }
+
     /// Sends one request object.
     public func send(_ request: [String: Any]) throws {
         var data = try JSONSerialization.data(withJSONObject: request, options: [.withoutEscapingSlashes])

@@ -86,79 +86,70 @@ class LoopHandle {
     func didClose() {}
 }
 
-final class LoopTimer: LoopHandle {
+/// A handle whose libuv callback runs one closure (timers, signals, async, watches).
+class LoopActionHandle: LoopHandle {
     private var action: (() -> Void)?
 
-    init(_ loop: EventLoop, action: @escaping () -> Void) {
+    init(type: uv_handle_type, action: @escaping () -> Void) {
         self.action = action
-        super.init(type: UV_TIMER)
+        super.init(type: type)
+    }
+
+    /// Runs the action of the handle a libuv callback was given.
+    static func fire(_ handle: UnsafeMutableRawPointer?) {
+        (owner(of: handle!.assumingMemoryBound(to: uv_handle_t.self)) as! LoopActionHandle).action?()
+    }
+
+    override func didClose() { action = nil }
+}
+
+final class LoopTimer: LoopActionHandle {
+    init(_ loop: EventLoop, action: @escaping () -> Void) {
+        super.init(type: UV_TIMER, action: action)
         uv_timer_init(loop.loop, raw.assumingMemoryBound(to: uv_timer_t.self))
         adopt()
     }
 
     /// Fires after `milliseconds`, then every `repeatEvery` (0: once). Restarting re-arms it.
     func start(after milliseconds: UInt64, repeatEvery: UInt64 = 0) {
-        uv_timer_start(raw.assumingMemoryBound(to: uv_timer_t.self), { timer in
-            (LoopHandle.owner(of: UnsafeMutableRawPointer(timer!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopTimer).action?()
-        }, milliseconds, repeatEvery)
+        uv_timer_start(raw.assumingMemoryBound(to: uv_timer_t.self), { LoopActionHandle.fire($0) }, milliseconds, repeatEvery)
     }
 
     func stop() { uv_timer_stop(raw.assumingMemoryBound(to: uv_timer_t.self)) }
-    override func didClose() { action = nil }
 }
 
-final class LoopSignal: LoopHandle {
-    private var action: (() -> Void)?
-
+final class LoopSignal: LoopActionHandle {
     init(_ loop: EventLoop, signal: Int32, action: @escaping () -> Void) throws {
-        self.action = action
-        super.init(type: UV_SIGNAL)
+        super.init(type: UV_SIGNAL, action: action)
         let signalHandle = raw.assumingMemoryBound(to: uv_signal_t.self)
         uv_signal_init(loop.loop, signalHandle)
         adopt()
-        let status = uv_signal_start(signalHandle, { handle, _ in
-            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopSignal).action?()
-        }, signal)
+        let status = uv_signal_start(signalHandle, { handle, _ in LoopActionHandle.fire(handle) }, signal)
         guard status == 0 else { close(); throw LoopError("uv_signal_start", status) }
     }
-
-    override func didClose() { action = nil }
 }
 
 /// Wakes the loop from another thread (`send` is the one thread-safe call).
-final class LoopAsync: LoopHandle, @unchecked Sendable {
-    private var action: (() -> Void)?
-
+final class LoopAsync: LoopActionHandle, @unchecked Sendable {
     init(_ loop: EventLoop, action: @escaping () -> Void) {
-        self.action = action
-        super.init(type: UV_ASYNC)
-        uv_async_init(loop.loop, raw.assumingMemoryBound(to: uv_async_t.self)) { handle in
-            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopAsync).action?()
-        }
+        super.init(type: UV_ASYNC, action: action)
+        uv_async_init(loop.loop, raw.assumingMemoryBound(to: uv_async_t.self)) { LoopActionHandle.fire($0) }
         adopt()
     }
 
     func send() { uv_async_send(raw.assumingMemoryBound(to: uv_async_t.self)) }
-    override func didClose() { action = nil }
 }
 
 /// inotify on a directory (through uv_fs_event): only ever a hint to rescan.
-final class LoopDirectoryWatch: LoopHandle {
-    private var action: (() -> Void)?
-
+final class LoopDirectoryWatch: LoopActionHandle {
     init(_ loop: EventLoop, path: String, action: @escaping () -> Void) throws {
-        self.action = action
-        super.init(type: UV_FS_EVENT)
+        super.init(type: UV_FS_EVENT, action: action)
         let watch = raw.assumingMemoryBound(to: uv_fs_event_t.self)
         uv_fs_event_init(loop.loop, watch)
         adopt()
-        let status = uv_fs_event_start(watch, { handle, _, _, _ in
-            (LoopHandle.owner(of: UnsafeMutableRawPointer(handle!).assumingMemoryBound(to: uv_handle_t.self)) as! LoopDirectoryWatch).action?()
-        }, path, 0)
+        let status = uv_fs_event_start(watch, { handle, _, _, _ in LoopActionHandle.fire(handle) }, path, 0)
         guard status == 0 else { close(); throw LoopError("watching \(path)", status) }
     }
-
-    override func didClose() { action = nil }
 }
 
 /// A listening Unix socket: bound to a path, or adopted from an inherited fd.

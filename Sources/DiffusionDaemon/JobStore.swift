@@ -39,6 +39,8 @@ struct JobRecord {
     var priority: Int
     /// The job as accepted (docs/jobs.md), with init_noise inline.
     var job: Data
+    /// The job's model name (kept beside the JSON, which may hold megabytes of init_noise).
+    var model: String
     var source: String
     var attempts: Int
     var maxAttempts: Int
@@ -54,7 +56,7 @@ struct JobRecord {
 
     static let columns = """
         id, state, owner_uid, owner_name, priority, job, source, attempts, max_attempts, not_before, steps, count,
-        step, images_done, error, created_at, started_at, finished_at
+        step, images_done, error, created_at, started_at, finished_at, model
         """
 
     init(row: SQLiteDatabase.Row) {
@@ -76,6 +78,7 @@ struct JobRecord {
         createdAt = row.double(15) ?? 0
         startedAt = row.double(16)
         finishedAt = row.double(17)
+        model = row.string(18) ?? ""
     }
 }
 
@@ -99,6 +102,7 @@ final class JobStore {
             owner_name TEXT NOT NULL,
             priority INTEGER NOT NULL,
             job BLOB NOT NULL,
+            model TEXT NOT NULL,
             source TEXT NOT NULL,
             attempts INTEGER NOT NULL DEFAULT 0,
             max_attempts INTEGER NOT NULL,
@@ -211,15 +215,15 @@ final class JobStore {
 
     /// Inserts a queued job; with a spool `receipt` (file name, content hash), in
     /// the same transaction, so that a crash before the file is unlinked is seen.
-    func insert(job: Data, steps: Int, count: Int, priority: Int, owner: Owner, source: String, maxAttempts: Int,
+    func insert(job: Data, model: String, steps: Int, count: Int, priority: Int, owner: Owner, source: String, maxAttempts: Int,
                 receipt: (name: String, hash: String)? = nil) throws -> JobRecord
     {
         let now = Self.now()
         let id: Int = try db.write {
             try db.query("""
-                INSERT INTO jobs (state, owner_uid, owner_name, priority, job, source, max_attempts, steps, count, created_at)
-                VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """, [.integer(Int64(owner.uid)), .text(owner.name), .integer(Int64(priority)), .blob(job), .text(source),
+                INSERT INTO jobs (state, owner_uid, owner_name, priority, job, model, source, max_attempts, steps, count, created_at)
+                VALUES ('queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """, [.integer(Int64(owner.uid)), .text(owner.name), .integer(Int64(priority)), .blob(job), .text(model), .text(source),
                       .integer(Int64(maxAttempts)), .integer(Int64(steps)), .integer(Int64(count)), .real(now)])
             let id = db.lastInsertID
             try appendEvent(id, .queued, "submitted by \(owner.name) (uid \(owner.uid)) via \(source)", now)

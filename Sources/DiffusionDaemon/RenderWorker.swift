@@ -59,6 +59,8 @@ final class RenderWorker: @unchecked Sendable {
     private let limits: Mutex<RenderLimits>
     private let threads: Int
     private let log = Logger(label: "diffusiond.worker")
+    /// Signalled when the thread has ended (after `detach`, once its step in flight returns).
+    private let threadEnded = DispatchSemaphore(value: 0)
 
     private struct Active {
         let assignment: RenderAssignment
@@ -89,6 +91,7 @@ final class RenderWorker: @unchecked Sendable {
                 active = active.filter { !$0.render.isFinished && !ended.contains($0.assignment.id) }
                 ended.removeAll()
             }
+            threadEnded.signal()
         }
         thread.name = "diffusiond-render"
         thread.start()
@@ -101,8 +104,8 @@ final class RenderWorker: @unchecked Sendable {
         inbox.unlock()
     }
 
-    /// The loop is closing: later reports go nowhere, and the thread is left to
-    /// the process's exit.
+    /// The loop is closing: later reports go nowhere, and the thread ends once
+    /// its step in flight returns.
     func detach() {
         wake.withLock { $0 = nil }
         inbox.lock()
@@ -110,6 +113,10 @@ final class RenderWorker: @unchecked Sendable {
         inbox.signal()
         inbox.unlock()
     }
+
+    /// Waits for the thread to end after `detach`; false if it is still inside a
+    /// step after `seconds`.
+    func waitForExit(seconds: Double) -> Bool { threadEnded.wait(timeout: .now() + seconds) == .success }
 
     /// Plugins rescanned and limits reread (SIGHUP): jobs started from now on use them.
     func reconfigure(registry fresh: PluginRegistry, limits newLimits: RenderLimits) {

@@ -19,6 +19,9 @@ struct SystemdNotifier {
         }
     }
 
+    /// Whether a manager listens (only then is a status line worth composing).
+    var isActive: Bool { socketPath != nil }
+
     func send(_ message: String) {
         guard let socketPath else { return }
         _ = dfn_send_datagram(socketPath, message)

@@ -171,19 +171,13 @@ public final class Render: @unchecked Sendable {
 
     /// Runs the next step: 1. the model on `nextModelPass()`, 2. guidance, 3. the sampler.
     public func step() throws {
-        let start = DispatchTime.now().uptimeNanoseconds
-        let pass = nextModelPass()
-        let modelStart = DispatchTime.now().uptimeNanoseconds
-        let output = try model.denoiser.predict(pass.input, timesteps: pass.timesteps, alphasCumprod: pass.alphasCumprod,
-                                                classLabels: pass.labels, on: runtime)
-        let modelTime = Double(DispatchTime.now().uptimeNanoseconds - modelStart) / 1e9
-        try finishStep(modelOutput: output, modelSeconds: modelTime)
-        stepSeconds += Double(modelStart - start) / 1e9
+        if let failure = try RenderBatch.step([self], on: runtime)[0] { throw failure }
     }
 
     /// Steps 2 and 3 of a step whose model output (for `nextModelPass()`) was
-    /// computed elsewhere, e.g. in one batch with other renders.
-    public func finishStep(modelOutput output: Tensor, modelSeconds modelTime: Double) throws {
+    /// computed elsewhere (`RenderBatch`); the seconds are this render's share of
+    /// the model call and of preparing its input.
+    func finishStep(modelOutput output: Tensor, modelSeconds modelTime: Double, preparationSeconds: Double) throws {
         let start = DispatchTime.now().uptimeNanoseconds
         let t = Int(timesteps[completedSteps])
         let count = job.count
@@ -201,7 +195,7 @@ public final class Render: @unchecked Sendable {
         predictedOriginal = original
         completedSteps += 1
         modelSeconds += modelTime
-        stepSeconds += modelTime + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        stepSeconds += modelTime + preparationSeconds + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
     /// Runs every remaining step, calling `progress(done, total)` after each.

@@ -50,14 +50,7 @@ final class ScratchDaemon {
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
         self.process = process
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            if let client = try? DaemonClient(socketPath: socket), (try? client.call(["verb": "ping"]))?["ok"] as? Bool == true {
-                return
-            }
-            usleep(20_000)
-        }
-        fail("diffusiond did not start")
+        guard DaemonClient.waitForDaemon(at: socket, seconds: 20, alive: { process.isRunning }) else { fail("diffusiond did not start") }
     }
 
     func kill9() {

@@ -78,15 +78,9 @@ final class DaemonProcess {
         process.standardOutput = log
         try process.run()
         self.process = process
-        let deadline = Date().addingTimeInterval(20)
-        while Date() < deadline {
-            if !process.isRunning { throw DaemonError("diffusiond exited at start: \(self.log)") }
-            if let client = try? DaemonClient(socketPath: socket), (try? client.call(["verb": "ping"]))?["ok"] as? Bool == true {
-                return
-            }
-            usleep(20_000)
+        guard DaemonClient.waitForDaemon(at: socket, seconds: 20, alive: { process.isRunning }) else {
+            throw DaemonError(process.isRunning ? "diffusiond did not answer within 20 s: \(self.log)" : "diffusiond exited at start: \(self.log)")
         }
-        throw DaemonError("diffusiond did not answer within 20 s: \(self.log)")
     }
 
     /// SIGTERM, then the exit status.
@@ -112,15 +106,16 @@ final class DaemonProcess {
 
     /// Runs diffctl with `--socket`, optionally as another user (through setpriv).
     func diffctl(_ arguments: [String], asUID uid: Int? = nil) throws -> Outcome {
-        let process = Process()
         let binary = "\(Self.buildDirectory)/diffctl"
-        if let uid {
-            process.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            process.arguments = ["--reuid=\(uid)", "--regid=0", "--clear-groups", binary, "--socket", socket] + arguments
-        } else {
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["--socket", socket] + arguments
-        }
+        guard let uid else { return try Self.run(binary, ["--socket", socket] + arguments) }
+        return try Self.run("/usr/bin/setpriv", ["--reuid=\(uid)", "--regid=0", "--clear-groups", binary, "--socket", socket] + arguments)
+    }
+
+    /// Runs a program to its end, capturing what it prints.
+    static func run(_ executable: String, _ arguments: [String]) throws -> Outcome {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         let (out, err) = (Pipe(), Pipe())
         process.standardOutput = out
         process.standardError = err

@@ -164,15 +164,9 @@ import Testing
 
     @Test func oneDaemonPerStateDirectory() throws {
         let daemon = try DaemonProcess()
-        let second = Process()
-        second.executableURL = URL(fileURLWithPath: "\(DaemonProcess.buildDirectory)/diffusiond")
-        second.arguments = ["--config", daemon.configPath]
-        let err = Pipe()
-        second.standardError = err
-        try second.run()
-        let message = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        second.waitUntilExit()
-        #expect(second.terminationStatus == 1)
+        let second = try DaemonProcess.run("\(DaemonProcess.buildDirectory)/diffusiond", ["--config", daemon.configPath])
+        let message = second.stderr
+        #expect(second.status == 1)
         #expect(message.contains("another diffusiond (pid \(daemon.process!.processIdentifier)) is running on \(daemon.state)"), "\(message)")
         #expect(try daemon.diffctl(["ping"]).status == 0)
         #expect(daemon.stop() == 0)
@@ -188,15 +182,9 @@ import Testing
             ("[paths\n", "diffusiond.toml: line 1: expected \"]\""),
         ] {
             try text.write(toFile: "\(root)/diffusiond.toml", atomically: true, encoding: .utf8)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: "\(DaemonProcess.buildDirectory)/diffusiond")
-            process.arguments = ["--config", "\(root)/diffusiond.toml"]
-            let err = Pipe()
-            process.standardError = err
-            try process.run()
-            let output = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            process.waitUntilExit()
-            #expect(process.terminationStatus == 1)
+            let outcome = try DaemonProcess.run("\(DaemonProcess.buildDirectory)/diffusiond", ["--config", "\(root)/diffusiond.toml"])
+            let output = outcome.stderr
+            #expect(outcome.status == 1)
             #expect(output.hasPrefix("diffusiond: \(root)/\(message)") && output.split(separator: "\n").count == 1, "\(output)")
         }
     }

@@ -10,7 +10,7 @@ import Testing
     }
 
     func add(_ store: JobStore, uid: Int, priority: Int = 0) throws -> Int {
-        try store.insert(job: Data("{}".utf8), steps: 1, count: 1, priority: priority, owner: Owner(uid: uid), source: "test",
+        try store.insert(job: Data("{}".utf8), model: "m", steps: 1, count: 1, priority: priority, owner: Owner(uid: uid), source: "test",
                          maxAttempts: 3).id
     }
 

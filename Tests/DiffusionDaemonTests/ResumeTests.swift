@@ -116,11 +116,11 @@ import Testing
         let daemon = try DaemonProcess(outputs: "small", start: false)
         let small = "\(daemon.root)/small"
         try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
-        guard Self.run("/bin/mount", ["-t", "tmpfs", "-o", "size=96k", "tmpfs", small]) == 0 else {
+        guard (try? DaemonProcess.run("/bin/mount", ["-t", "tmpfs", "-o", "size=96k", "tmpfs", small]))?.status == 0 else {
             print("skipped: cannot mount a tmpfs here")
             return
         }
-        defer { _ = Self.run("/bin/umount", [small]) }
+        defer { _ = try? DaemonProcess.run("/bin/umount", [small]) }
         try daemon.start()
         var big = DaemonProcess.smallJob(steps: 2, count: 40)
         big["formats"] = ["png", "npy"]
@@ -141,16 +141,6 @@ import Testing
             if running.contains(where: { (($0["progress"] as? [String: Any])?["step"] as? Int ?? 0) >= steps }) { return }
             usleep(10_000)
         }
-    }
-
-    static func run(_ tool: String, _ arguments: [String]) -> Int32 {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: tool)
-        process.arguments = arguments
-        process.standardError = FileHandle.nullDevice
-        guard (try? process.run()) != nil else { return -1 }
-        process.waitUntilExit()
-        return process.terminationStatus
     }
 }
 

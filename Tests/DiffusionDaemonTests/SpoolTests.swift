@@ -66,7 +66,7 @@ import Testing
         daemon.stop()
         let contents = #"{"model": "fashion-mnist", "steps": 3}"#
         let store = try JobStore(path: "\(daemon.state)/queue.sqlite")
-        let record = try store.insert(job: Data(contents.utf8), steps: 3, count: 1, priority: 0, owner: Owner(uid: 0),
+        let record = try store.insert(job: Data(contents.utf8), model: "fashion-mnist", steps: 3, count: 1, priority: 0, owner: Owner(uid: 0),
                                       source: "spool crash.json", maxAttempts: 3,
                                       receipt: ("crash.json", Spool.hash(Data(contents.utf8))))
         try daemon.drop("crash.json", contents)
