@@ -10,7 +10,7 @@ final class ClassifierFreeGuidance: GuidanceInstance {
     let scale: Float
 
     init(_ options: PluginOptions) throws {
-        scale = Float(try options.number("scale", default: 1))
+        scale = Float(try options.number("scale", default: 1, in: guidanceScales))
     }
 
     var needs: UInt32 { needsConditional | needsUnconditional }

@@ -17,7 +17,7 @@ final class ClassifierGuidance: GuidanceInstance {
 
     init(host: UnsafePointer<dfn_host>, _ options: PluginOptions) throws {
         self.host = host
-        scale = try options.number("scale", default: 1)
+        scale = try options.number("scale", default: 1, in: guidanceScales)
         conditional = try options.bool("conditional", default: false)
     }
 

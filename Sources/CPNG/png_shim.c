@@ -31,10 +31,10 @@ static int fail_errno(char *error, size_t error_size, const char *what, const ch
 int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint32_t height,
                   int channels, const char *const *text_keys, const char *const *text_values,
                   int text_count, char *error, size_t error_size) {
-    static const int color_types[5] = {-1, PNG_COLOR_TYPE_GRAY, -1, PNG_COLOR_TYPE_RGB,
+    static const int color_types[5] = {-1, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
                                        PNG_COLOR_TYPE_RGB_ALPHA};
-    if (channels < 1 || channels > 4 || color_types[channels] < 0) {
-        snprintf(error, error_size, "a PNG has 1, 3 or 4 channels, not %d", channels);
+    if (channels < 1 || channels > 4) {
+        snprintf(error, error_size, "a PNG has 1 to 4 channels, not %d", channels);
         return -1;
     }
     FILE *file = fopen(path, "wb");

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import DiffusionRender
 import Foundation
 
@@ -30,9 +31,15 @@ enum Checkpoints {
         guard rename(temporary, path) == 0 else { throw failure("cannot rename \(temporary)", errno) }
     }
 
-    static func read(_ path: String) -> RenderCheckpoint? {
+    /// The checkpoint at `path`; nil when there is none, an error when the file
+    /// is there but unreadable (the caller says so in the job's events).
+    static func read(_ path: String) throws -> RenderCheckpoint? {
         guard let data = FileManager.default.contents(atPath: path) else { return nil }
-        return try? JSONDecoder().decode(RenderCheckpoint.self, from: data)
+        do {
+            return try JSONDecoder().decode(RenderCheckpoint.self, from: data)
+        } catch {
+            throw DiffusionError("the checkpoint \(path) is corrupt (\(data.count) bytes that do not decode)")
+        }
     }
 
     static func remove(_ path: String) {
@@ -40,8 +47,5 @@ enum Checkpoints {
         unlink(path + ".tmp")
     }
 
-    private static func failure(_ what: String, _ code: Int32) -> Error {
-        if code == ENOSPC { return OutputDirectory.DiskFull(message: "no space left on device for the checkpoint (\(what))") }
-        return DaemonError("\(what): \(String(cString: strerror(code)))")
-    }
+    private static func failure(_ what: String, _ code: Int32) -> Error { DiffusionError.system(what, errno: code) }
 }

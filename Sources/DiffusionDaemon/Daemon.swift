@@ -1,4 +1,5 @@
 import CUV
+import DiffusionKernels
 import DiffusionModels
 import DiffusionRender
 import Foundation
@@ -68,7 +69,11 @@ public final class Daemon {
         signal(SIGPIPE, SIG_IGN)
         for problem in registry.problems { log.warning("\(problem)") }
         log.info("plugins: \(registry.libraries.map(\.name).joined(separator: ", "))")
-        for id in try store.requeueInterrupted() { log.notice("job \(id) was running when the daemon stopped; queued again") }
+        let interrupted = try store.requeueInterrupted(poisonAfter: config.poisonAfterCrashes)
+        for id in interrupted.queued { log.notice("job \(id) was running when the daemon stopped; queued again") }
+        for id in interrupted.poisoned {
+            log.error("job \(id) was running at \(config.poisonAfterCrashes) unclean exits in a row; failed as a poison job")
+        }
 
         let wake = LoopAsync(loop) { [unowned self] in drainWorker() }
         worker = RenderWorker(wake: wake, registry: registry, modelDirectories: config.allModelDirectories,
@@ -185,7 +190,7 @@ public final class Daemon {
                 log.error("the queue cannot be written: \(error)")
             }
             switch event {
-            case .progress, .resumed: break
+            case .progress, .resumed, .note: break
             default: ended = true
             }
         }
@@ -201,6 +206,9 @@ public final class Daemon {
             running[id]!.firstStep = step
             try store.appendNote(id, "resumed from the checkpoint at step \(step)")
             log.info("job \(id) resumed from its checkpoint at step \(step)")
+        case .note(let id, let message):
+            try store.appendNote(id, message)
+            log.notice("job \(id): \(message)")
         case .progress(let id, let step, let total, let preview):
             guard running[id] != nil else { return }
             running[id]!.step = step
@@ -256,7 +264,7 @@ public final class Daemon {
                 log.info("job \(record.id) from spool file \(entry.name) (uid \(entry.owner))")
                 queued = true
                 return .queued
-            } catch let error as StoreError {
+            } catch let error as DiffusionError where error.transient {
                 log.error("spool file \(entry.name) left for later: \(error)")
                 return .later(error.message)
             } catch {
@@ -272,35 +280,13 @@ public final class Daemon {
     }
 
     /// Checks a job as the daemon accepts it (docs/jobs.md, plus the daemon's
-    /// rules: a model by name only, init_noise inline, the configured limits)
-    /// and queues it.
+    /// rules: a model by name only, init_noise inline, the configured limits),
+    /// plans its render against the model's configs and the plugins, and queues
+    /// it; a job that could not render is refused here with the plan's reason.
     func admit(_ data: Data, owner: Owner, source: String, receipt: (name: String, hash: String)? = nil) throws -> JobRecord {
         let label = source.hasPrefix("spool ") ? String(source.dropFirst(6)) : "job"
         let job = try Job(json: data, source: label)
-        guard !job.model.contains("/"), !job.model.hasPrefix(".") else {
-            throw RenderError("\(label): model must be the name of an installed model (see `diffctl models`), not a path")
-        }
-        guard config.allModelDirectories.contains(where: { FileManager.default.fileExists(atPath: "\($0)/\(job.model)") }) else {
-            throw RenderError("\(label): no model named \"\(job.model)\" (see `diffctl models`)")
-        }
-        if case .path? = job.initNoise {
-            throw RenderError("\(label): init_noise must be inline ({\"npy_base64\": ...}); the daemon opens no file a job names")
-        }
-        if let sampler = job.sampler, registry.samplers[sampler] == nil {
-            throw RenderError("\(label): no sampler \"\(sampler)\" (available: \(registry.samplers.keys.sorted().joined(separator: ", ")))")
-        }
-        if let kind = job.guidance?.kind, registry.guidances[kind] == nil {
-            throw RenderError("\(label): no guidance \"\(kind)\" (available: \(registry.guidances.keys.sorted().joined(separator: ", ")))")
-        }
-        guard job.steps <= config.limits.maxSteps else {
-            throw RenderError("\(label): steps \(job.steps) is over the limit of \(config.limits.maxSteps)")
-        }
-        guard job.count <= config.limits.maxCount else {
-            throw RenderError("\(label): count \(job.count) is over the limit of \(config.limits.maxCount)")
-        }
-        if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
-            throw RenderError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
-        }
+        _ = try plan(job, label: label)
         // A job without a seed gets one now, so that a retry or a resumed run
         // renders the same images.
         var stored = data
@@ -310,6 +296,32 @@ public final class Daemon {
         }
         return try store.insert(job: stored, model: job.model, steps: job.steps, count: job.count, priority: job.priority, owner: owner,
                                 source: source, maxAttempts: config.maxAttempts, receipt: receipt)
+    }
+
+    /// The render plan of `job` as this daemon would run it (admission and `submit --dry-run`);
+    /// errors are one line starting with `label`.
+    func plan(_ job: Job, label: String) throws -> RenderPlan {
+        guard !job.model.contains("/"), !job.model.hasPrefix("."), !job.model.contains("\0") else {
+            throw DiffusionError("\(label): model must be the name of an installed model (see `diffctl models`), not a path")
+        }
+        if case .path? = job.initNoise {
+            throw DiffusionError("\(label): init_noise must be inline ({\"npy_base64\": ...}); the daemon opens no file a job names")
+        }
+        if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
+            throw DiffusionError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
+        }
+        do {
+            guard config.allModelDirectories.contains(where: { FileManager.default.fileExists(atPath: "\($0)/\(job.model)") }) else {
+                throw DiffusionError("no model named \"\(job.model)\" (see `diffctl models`)")
+            }
+            let model = try ModelResolver(directories: config.allModelDirectories).directory(job.model, relativeTo: nil)
+            var initNoise: Tensor?
+            if case .inline(let bytes)? = job.initNoise { initNoise = try Job.decodeInitNoise(bytes) }
+            return try RenderPlan(job: job, model: try model.describe(), registry: registry,
+                                  limits: config.limits, initNoise: initNoise)
+        } catch let error as DiffusionError {
+            throw DiffusionError("\(label): \(error.message)")
+        }
     }
 
     // MARK: Clients
@@ -408,13 +420,13 @@ final class StateLock {
 
     init(path: String) throws {
         fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw DaemonError("cannot open \(path): \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw DiffusionError("cannot open \(path): \(String(cString: strerror(errno)))") }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             var buffer = [UInt8](repeating: 0, count: 32)
             let count = pread(fd, &buffer, buffer.count, 0)
             let holder = String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
             close(fd)
-            throw DaemonError("another diffusiond (pid \(holder.isEmpty ? "unknown" : holder)) is running on \(URL(fileURLWithPath: path).deletingLastPathComponent().path)")
+            throw DiffusionError("another diffusiond (pid \(holder.isEmpty ? "unknown" : holder)) is running on \(URL(fileURLWithPath: path).deletingLastPathComponent().path)")
         }
         ftruncate(fd, 0)
         let pid = "\(getpid())\n"

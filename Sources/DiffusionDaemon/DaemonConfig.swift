@@ -1,4 +1,5 @@
 import DiffusionRender
+import DiffusionKernels
 import Foundation
 import Logging
 
@@ -24,6 +25,8 @@ public struct DaemonConfig: Sendable {
     public var maxRequestBytes = 16 << 20
     public var maxAttempts = 3
     public var retryBackoffSeconds = 10.0
+    /// Unclean exits in a row while a job ran after which it is failed (0: never).
+    public var poisonAfterCrashes = 2
     public var checkpointEverySteps = 10
     public var previewEverySteps = 0
     public var keepJobs = 1000
@@ -37,28 +40,23 @@ public struct DaemonConfig: Sendable {
     public var checkpoints: String { "\(stateDirectory)/checkpoints" }
     public var previews: String { "\(stateDirectory)/previews" }
 
-    /// PREFIX/share/diffusiond/models for a program installed in PREFIX/bin.
-    public static var installedModels: String {
-        URL(fileURLWithPath: "\(PluginRegistry.executableDirectory)/../share/diffusiond/models").standardized.path
-    }
-
     public init() {}
 
     /// Reads `path`; a missing file is an error (the defaults need no file).
     public init(path: String) throws {
-        guard let data = FileManager.default.contents(atPath: path) else { throw ConfigError("\(path): cannot read the file") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw DiffusionError("\(path): cannot read the file") }
         let base = URL(fileURLWithPath: path).standardized.deletingLastPathComponent().path
         let document: TOMLDocument
         do {
             document = try TOMLDocument(String(decoding: data, as: UTF8.self))
         } catch let error as TOMLDocument.ParseError {
-            throw ConfigError("\(path): \(error)")
+            throw DiffusionError("\(path): \(error)")
         }
         func resolve(_ value: String) -> String {
             URL(fileURLWithPath: value.hasPrefix("/") ? value : "\(base)/\(value)").standardized.path
         }
         for (key, value, line) in document.values {
-            func fail(_ what: String) -> ConfigError { ConfigError("\(path):\(line): \(key) must be \(what)") }
+            func fail(_ what: String) -> DiffusionError { DiffusionError("\(path):\(line): \(key) must be \(what)") }
             func text() throws -> String {
                 guard let text = value as? String, !text.isEmpty else { throw fail("a non-empty string") }
                 return text
@@ -97,6 +95,7 @@ public struct DaemonConfig: Sendable {
             case "limits.max_request_bytes": maxRequestBytes = try integer(1024...(1 << 30))
             case "queue.max_attempts": maxAttempts = try integer(1...100)
             case "queue.retry_backoff_seconds": retryBackoffSeconds = try seconds()
+            case "queue.poison_after_crashes": poisonAfterCrashes = try integer(0...100)
             case "checkpoint.every_steps": checkpointEverySteps = try integer(0...1_000_000)
             case "previews.every_steps": previewEverySteps = try integer(0...1_000_000)
             case "history.keep_jobs": keepJobs = try integer(0...100_000_000)
@@ -108,7 +107,7 @@ public struct DaemonConfig: Sendable {
                 }
                 logLevel = level
             default:
-                throw ConfigError("\(path):\(line): unknown key \(key) (etc/diffusiond.toml lists every key)")
+                throw DiffusionError("\(path):\(line): unknown key \(key) (etc/diffusiond.toml lists every key)")
             }
         }
     }
@@ -117,12 +116,5 @@ public struct DaemonConfig: Sendable {
     public var allPluginDirectories: [String] { pluginDirectories + PluginRegistry.defaultDirectories() }
 
     /// Model directories: the configured ones, then the installed models.
-    public var allModelDirectories: [String] { modelDirectories + [Self.installedModels] }
-}
-
-/// A configuration mistake, as one line naming the file, line and key.
-public struct ConfigError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+    public var allModelDirectories: [String] { modelDirectories + [ModelResolver.installedModels] }
 }

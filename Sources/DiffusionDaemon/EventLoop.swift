@@ -1,4 +1,5 @@
 import CUV
+import DiffusionKernels
 import Foundation
 
 /// The daemon's one libuv loop, and Swift owners for the handles it uses.
@@ -13,7 +14,7 @@ final class EventLoop {
     init() throws {
         loop = .allocate(capacity: 1)
         let status = uv_loop_init(loop)
-        guard status == 0 else { throw LoopError("uv_loop_init", status) }
+        guard status == 0 else { throw loopError("uv_loop_init", status) }
     }
 
     func run() { uv_run(loop, UV_RUN_DEFAULT) }
@@ -45,15 +46,9 @@ final class EventLoop {
     var now: UInt64 { uv_now(loop) }
 }
 
-/// A libuv status as a Swift error, with the call that returned it.
-struct LoopError: Error, CustomStringConvertible {
-    let call: String
-    let status: Int32
-    init(_ call: String, _ status: Int32) {
-        self.call = call
-        self.status = status
-    }
-    var description: String { "\(call): \(String(cString: uv_strerror(status)))" }
+/// A libuv status (a negated errno) as the project's error, with the call that returned it.
+func loopError(_ call: String, _ status: Int32) -> DiffusionError {
+    DiffusionError.system(call, errno: -status)
 }
 
 class LoopHandle {
@@ -125,7 +120,7 @@ final class LoopSignal: LoopActionHandle {
         uv_signal_init(loop.loop, signalHandle)
         adopt()
         let status = uv_signal_start(signalHandle, { handle, _ in LoopActionHandle.fire(handle) }, signal)
-        guard status == 0 else { close(); throw LoopError("uv_signal_start", status) }
+        guard status == 0 else { close(); throw loopError("uv_signal_start", status) }
     }
 }
 
@@ -148,7 +143,7 @@ final class LoopDirectoryWatch: LoopActionHandle {
         uv_fs_event_init(loop.loop, watch)
         adopt()
         let status = uv_fs_event_start(watch, { handle, _, _, _ in LoopActionHandle.fire(handle) }, path, 0)
-        guard status == 0 else { close(); throw LoopError("watching \(path)", status) }
+        guard status == 0 else { close(); throw loopError("watching \(path)", status) }
     }
 }
 
@@ -176,18 +171,18 @@ final class PipeServer: LoopHandle {
             let old = umask(0o177)
             let status = uv_pipe_bind(pipe, path)
             umask(old)
-            guard status == 0 else { close(); throw LoopError("binding \(path)", status) }
+            guard status == 0 else { close(); throw loopError("binding \(path)", status) }
             chmod(path, mode)
         case .inherited(let fd):
             let status = uv_pipe_open(pipe, fd)
-            guard status == 0 else { close(); throw LoopError("adopting socket fd \(fd)", status) }
+            guard status == 0 else { close(); throw loopError("adopting socket fd \(fd)", status) }
         }
         let status = uv_listen(UnsafeMutableRawPointer(pipe).assumingMemoryBound(to: uv_stream_t.self), 128) { server, status in
             guard let server, status == 0 else { return }
             let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(server).assumingMemoryBound(to: uv_handle_t.self)) as! PipeServer
             owner.accept(server)
         }
-        guard status == 0 else { close(); throw LoopError("listening", status) }
+        guard status == 0 else { close(); throw loopError("listening", status) }
     }
 
     private func accept(_ server: UnsafeMutablePointer<uv_stream_t>) {

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 // The job queue, in SQLite (WAL, synchronous=FULL, every write in BEGIN IMMEDIATE).
@@ -15,7 +16,10 @@ import Foundation
 //   running    queued     a retryable failure with attempts left (after a backoff),
 //                         SIGTERM, or a daemon restart after a crash; only a
 //                         failure consumes an attempt
-//   running    failed     a permanent failure, or the last attempt failed
+//   running    failed     a permanent failure, or the last attempt failed, or
+//                         (at start-up) the job was running at the last
+//                         `poison_after_crashes` unclean exits in a row: a job
+//                         that crashes the daemon is not run again by itself
 //   running    canceled   cancel (takes effect at the next step)
 //   failed     queued     retry (attempts start again from 0)
 //   canceled   queued     retry
@@ -134,6 +138,8 @@ final class JobStore {
             PRIMARY KEY (name, hash)
         );
         """,
+        // Unclean daemon exits in a row while the job ran (the dead-letter count).
+        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;",
     ]
 
     static var schemaVersion: Int { migrations.count }
@@ -145,7 +151,7 @@ final class JobStore {
         try db.execute("PRAGMA foreign_keys=ON")
         let version = try db.query("PRAGMA user_version").first?.int(0) ?? 0
         guard version <= Self.migrations.count else {
-            throw StoreError("\(path): schema version \(version) is newer than this program's \(Self.migrations.count)")
+            throw DiffusionError("\(path): schema version \(version) is newer than this program's \(Self.migrations.count)")
         }
         for (index, migration) in Self.migrations.enumerated().dropFirst(version) {
             try db.write {
@@ -176,8 +182,10 @@ final class JobStore {
             arguments.append(.integer(Int64(ownerUID)))
         }
         let filter = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        let sql = "SELECT \(JobRecord.columns) FROM jobs \(filter) ORDER BY id DESC" + (limit.map { " LIMIT \($0)" } ?? "")
-        return try db.query(sql, arguments).map(JobRecord.init)
+        // LIMIT is bound like every value (-1: none), so the statement cache holds
+        // one statement per filter shape, whatever limits clients send.
+        let sql = "SELECT \(JobRecord.columns) FROM jobs \(filter) ORDER BY id DESC LIMIT ?"
+        return try db.query(sql, arguments + [.integer(Int64(limit ?? -1))]).map(JobRecord.init)
     }
 
     func events(of id: Int) throws -> [JobEvent] {
@@ -254,13 +262,14 @@ final class JobStore {
                 arguments += [.real(now), error.map { .text($0) } ?? .null]
                 if to == .succeeded { sets += ["step = steps", "images_done = count"] }
             case .queued:
-                sets += ["finished_at = NULL", "not_before = 0"]
+                // A job handed back by a clean stop has not crashed anything.
+                sets += ["finished_at = NULL", "not_before = 0", "crashes = 0"]
                 if resetAttempts { sets += ["attempts = 0", "error = NULL", "step = 0", "images_done = 0"] }
             case .held:
                 break
             }
-            try db.query("UPDATE jobs SET \(sets.joined(separator: ", ")) WHERE id = ? AND state IN (\(from.map { "'\($0.rawValue)'" }.joined(separator: ",")))",
-                         arguments + [.integer(Int64(id))])
+            try db.query("UPDATE jobs SET \(sets.joined(separator: ", ")) WHERE id = ? AND state IN (\(from.map { _ in "?" }.joined(separator: ",")))",
+                         arguments + [.integer(Int64(id))] + from.map { .text($0.rawValue) })
             guard db.changes == 1 else { return false }
             if to == .running {
                 try db.query("""
@@ -311,14 +320,32 @@ final class JobStore {
         }
     }
 
-    /// At start-up: jobs a previous daemon left running go back to the queue,
-    /// without consuming an attempt. Returns their ids.
-    func requeueInterrupted() throws -> [Int] {
-        let ids = try db.query("SELECT id FROM jobs WHERE state = 'running'").map { $0.int(0) }
-        for id in ids {
-            try transition(id, from: [.running], to: .queued, reason: "the daemon stopped while it ran; queued again")
+    /// At start-up: jobs a previous daemon left running (it exited uncleanly)
+    /// go back to the queue without consuming an attempt, unless this makes
+    /// `poisonAfter` unclean exits in a row while they ran (0: never): those are
+    /// failed, so a job that crashes the daemon cannot crash it forever.
+    /// Returns the ids queued again and the ids failed.
+    func requeueInterrupted(poisonAfter: Int) throws -> (queued: [Int], poisoned: [Int]) {
+        let now = Self.now()
+        return try db.write {
+            var result: (queued: [Int], poisoned: [Int]) = ([], [])
+            for row in try db.query("SELECT id, crashes FROM jobs WHERE state = 'running'") {
+                let (id, crashes) = (row.int(0), row.int(1) + 1)
+                if poisonAfter > 0 && crashes >= poisonAfter {
+                    let reason = "the daemon exited uncleanly \(crashes) times in a row while this job ran, so it is not run again by itself (diffctl retry runs it again)"
+                    try db.query("UPDATE jobs SET state = 'failed', crashes = ?, error = ?, finished_at = ? WHERE id = ?",
+                                 [.integer(Int64(crashes)), .text(reason), .real(now), .integer(Int64(id))])
+                    try appendEvent(id, .failed, reason, now)
+                    result.poisoned.append(id)
+                } else {
+                    try db.query("UPDATE jobs SET state = 'queued', crashes = ?, not_before = 0 WHERE id = ?",
+                                 [.integer(Int64(crashes)), .integer(Int64(id))])
+                    try appendEvent(id, .queued, "the daemon stopped while it ran (unclean exit \(crashes)); queued again", now)
+                    result.queued.append(id)
+                }
+            }
+            return result
         }
-        return ids
     }
 
     /// An event with no job (a rejected spool file).
@@ -373,6 +400,8 @@ final class JobStore {
         for (name, hash) in stale { try dropReceipt(name: name, hash: hash) }
     }
 
+    var cachedStatements: Int { db.cachedStatements }
+
     func integrityCheck() throws -> String {
         try db.query("PRAGMA integrity_check").first?.string(0) ?? "no answer"
     }
@@ -386,6 +415,15 @@ struct Owner: Equatable {
     init(uid: Int) {
         self.uid = uid
         name = Owner.userName(uid) ?? String(uid)
+    }
+
+    /// The user's primary group, which their outputs are given to.
+    static func primaryGroup(_ uid: uid_t) -> gid_t? {
+        var entry = passwd()
+        var result: UnsafeMutablePointer<passwd>?
+        var buffer = [CChar](repeating: 0, count: 4096)
+        guard getpwuid_r(uid, &entry, &buffer, buffer.count, &result) == 0, let result else { return nil }
+        return result.pointee.pw_gid
     }
 
     static func userName(_ uid: Int) -> String? {

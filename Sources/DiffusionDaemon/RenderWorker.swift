@@ -33,6 +33,8 @@ final class RenderControl: Sendable {
 /// What the worker reports to the loop, in order.
 enum WorkerEvent: Sendable {
     case resumed(id: Int, step: Int)
+    /// Something the job's events should record (and the log say).
+    case note(id: Int, String)
     case progress(id: Int, step: Int, total: Int, preview: String?)
     case succeeded(id: Int, images: Int)
     case failed(id: Int, error: String, retryable: Bool)
@@ -150,22 +152,25 @@ final class RenderWorker: @unchecked Sendable {
         do {
             let model = try models.model(named: assignment.job.model)
             var initNoise: Tensor?
-            if case .inline(let bytes)? = assignment.job.initNoise {
-                do { initNoise = try NPYFile.decode(bytes, path: "init_noise") } catch { throw RenderError("init_noise: \(error)") }
-            }
+            if case .inline(let bytes)? = assignment.job.initNoise { initNoise = try Job.decodeInitNoise(bytes) }
             let render = try Render(job: assignment.job, model: model, registry: registry.withLock { $0 }, runtime: runtime,
                                     limits: limits.withLock { $0 }, initNoise: initNoise)
-            if let checkpoint = Checkpoints.read(assignment.checkpointPath) {
-                if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
-                    report(.resumed(id: id, step: render.completedSteps))
-                } else {
-                    log.notice("job \(id): its checkpoint is from another program version or job; starting from step 0")
-                    Checkpoints.remove(assignment.checkpointPath)
+            do {
+                if let checkpoint = try Checkpoints.read(assignment.checkpointPath) {
+                    if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
+                        report(.resumed(id: id, step: render.completedSteps))
+                    } else {
+                        report(.note(id: id, "its checkpoint is from another program version or job; starting from step 0"))
+                        Checkpoints.remove(assignment.checkpointPath)
+                    }
                 }
+            } catch let error as DiffusionError {
+                report(.note(id: id, "\(error); starting from step 0"))
+                Checkpoints.remove(assignment.checkpointPath)
             }
             return Active(assignment: assignment, render: render, started: DispatchTime.now().uptimeNanoseconds)
         } catch {
-            finish(assignment, .failed(id: id, error: "\(error)", retryable: !(error is RenderError)))
+            finish(assignment, .failed(id: id, error: "\(error)", retryable: DiffusionError.isTransient(error)))
             return nil
         }
     }
@@ -226,8 +231,7 @@ final class RenderWorker: @unchecked Sendable {
     }
 
     private func fail(_ active: Active, _ error: Error) {
-        let retryable = !(error is RenderError || error is OutputDirectory.DiskFull)
-        finish(active.assignment, .failed(id: active.assignment.id, error: "\(error)", retryable: retryable))
+        finish(active.assignment, .failed(id: active.assignment.id, error: "\(error)", retryable: DiffusionError.isTransient(error)))
     }
 
     private func publish(_ active: Active) {
@@ -254,8 +258,8 @@ final class RenderWorker: @unchecked Sendable {
         let temporary = assignment.previewPath + ".tmp"
         do {
             try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, to: temporary)
+            try OutputDirectory.giveAway(file: temporary, to: assignment.owner)
             guard rename(temporary, assignment.previewPath) == 0 else { return nil }
-            OutputDirectory.giveAway(assignment.previewPath, to: assignment.owner)
             return assignment.previewPath
         } catch {
             log.warning("job \(assignment.id): no preview: \(error)")

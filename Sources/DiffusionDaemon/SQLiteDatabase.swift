@@ -1,8 +1,10 @@
 import CSQLite
+import DiffusionKernels
 import Foundation
 
 /// One SQLite connection, used from one thread. SQLite's status codes become
-/// `StoreError`s here and nowhere else.
+/// `DiffusionError`s here and nowhere else; they are transient (a busy or full
+/// database, an I/O error: the work is tried again later, never thrown away).
 final class SQLiteDatabase {
     enum Value: Equatable {
         case null, integer(Int64), real(Double), text(String), blob(Data)
@@ -45,7 +47,7 @@ final class SQLiteDatabase {
         guard status == SQLITE_OK, let db else {
             let message = db.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close(db)
-            throw StoreError("\(path): cannot open the database: \(message)")
+            throw DiffusionError("\(path): cannot open the database: \(message)", transient: true)
         }
         handle = db
         sqlite3_busy_timeout(db, 5000)
@@ -64,7 +66,7 @@ final class SQLiteDatabase {
         if status != SQLITE_OK {
             let text = message.map { String(cString: $0) } ?? String(cString: sqlite3_errstr(status))
             sqlite3_free(message)
-            throw StoreError("\(path): \(text)")
+            throw DiffusionError("\(path): \(text)", transient: true)
         }
     }
 
@@ -110,6 +112,10 @@ final class SQLiteDatabase {
         return rows
     }
 
+    /// Prepared statements kept: one per distinct SQL text, which must be a
+    /// fixed set (every value is bound, never spliced into the text).
+    var cachedStatements: Int { statements.count }
+
     var lastInsertID: Int { Int(sqlite3_last_insert_rowid(handle)) }
     var changes: Int { Int(sqlite3_changes(handle)) }
 
@@ -138,17 +144,10 @@ final class SQLiteDatabase {
     private func check(_ status: Int32) throws {
         guard status == SQLITE_OK || status == SQLITE_ROW || status == SQLITE_DONE else {
             let reason = (status & 0xFF) == SQLITE_FULL ? "the disk is full" : String(cString: sqlite3_errmsg(handle))
-            throw StoreError("\(path): \(reason)")
+            throw DiffusionError("\(path): \(reason)", transient: true, errno: (status & 0xFF) == SQLITE_FULL ? ENOSPC : nil)
         }
     }
 }
 
 /// SQLITE_TRANSIENT: SQLite copies the bound bytes before the call returns.
 private let sqliteTransient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
-/// A failure of the job store, as one line.
-public struct StoreError: Error, CustomStringConvertible {
-    public let message: String
-    init(_ message: String) { self.message = message }
-    public var description: String { message }
-}

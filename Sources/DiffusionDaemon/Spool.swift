@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 /// The spool directory, after Postfix's pickup: a client writes `tmp/NAME.json`
@@ -39,7 +40,7 @@ final class Spool {
         // (sticky, so no user renames another's); rejected/ is readable.
         for (path, mode) in [(root, 0o755), (tmp, 0o1733), (new, 0o1733), (rejected, 0o755)] as [(String, mode_t)] {
             if mkdir(path, mode) != 0 && errno != EEXIST {
-                throw DaemonError("cannot create the spool directory \(path): \(String(cString: strerror(errno)))")
+                throw DiffusionError("cannot create the spool directory \(path): \(String(cString: strerror(errno)))")
             }
             chmod(path, mode)
         }
@@ -118,13 +119,21 @@ final class Spool {
 
     private func reject(_ name: String, owner: uid_t?, reason: String) {
         let base = String(name.dropLast(".json".count))
-        rename("\(new)/\(name)", "\(rejected)/\(name)")
+        // A FIFO, device or directory is removed, not kept: rejected/ holds files people can read.
+        var info = stat()
+        if lstat("\(new)/\(name)", &info) == 0, info.st_mode & S_IFMT == S_IFREG || info.st_mode & S_IFMT == S_IFLNK {
+            rename("\(new)/\(name)", "\(rejected)/\(name)")
+        } else if info.st_mode & S_IFMT == S_IFDIR {
+            rmdir("\(new)/\(name)")
+        } else {
+            unlink("\(new)/\(name)")
+        }
         let errorPath = "\(rejected)/\(base).error"
         unlink(errorPath)
         if FileManager.default.createFile(atPath: errorPath, contents: Data("\(reason)\n".utf8), attributes: [.posixPermissions: 0o644]),
            let owner
         {
-            OutputDirectory.giveAway(errorPath, to: owner)
+            try? OutputDirectory.giveAway(file: errorPath, to: owner)
         }
     }
 
@@ -137,11 +146,4 @@ final class Spool {
         }
         return String(format: "%016llx", value)
     }
-}
-
-/// A daemon failure at start-up or in operation, as one line.
-public struct DaemonError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
 }

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 /// NumPy's `.npy` format for float32 tensors in C order: the magic `\x93NUMPY`, a
@@ -8,37 +9,37 @@ public enum NPYFile {
     /// Parses `.npy` bytes; `path` only names the source in errors.
     public static func decode(_ bytes: Data, path: String = "<data>") throws -> Tensor {
         let b = [UInt8](bytes)
-        guard b.count >= 10, Array(b[0..<6]) == magic else { throw TensorFileError(path: path, "not an .npy file") }
+        guard b.count >= 10, Array(b[0..<6]) == magic else { throw DiffusionError(path: path, "not an .npy file") }
         let major = b[6]
         let (lengthSize, headerStart): (Int, Int) = major == 1 ? (2, 10) : (4, 12)
         guard (1...3).contains(major), b.count >= headerStart else {
-            throw TensorFileError(path: path, ".npy version \(major) is not supported")
+            throw DiffusionError(path: path, ".npy version \(major) is not supported")
         }
         var headerLength = 0
         for i in 0..<lengthSize { headerLength |= Int(b[8 + i]) << (8 * i) }
         guard headerStart + headerLength <= b.count,
               let header = String(bytes: b[headerStart..<(headerStart + headerLength)], encoding: .utf8)
-        else { throw TensorFileError(path: path, ".npy header runs past the end of the file") }
+        else { throw DiffusionError(path: path, ".npy header runs past the end of the file") }
 
         let descr = field("descr", in: header)
         guard descr == "'<f4'" || descr == "'|f4'" else {
-            throw TensorFileError(path: path, "dtype \(descr ?? "missing") is not float32 ('<f4')")
+            throw DiffusionError(path: path, "dtype \(descr ?? "missing") is not float32 ('<f4')")
         }
         guard field("fortran_order", in: header) == "False" else {
-            throw TensorFileError(path: path, "only C-order arrays are read (fortran_order must be False)")
+            throw DiffusionError(path: path, "only C-order arrays are read (fortran_order must be False)")
         }
         guard let shapeText = field("shape", in: header), shapeText.hasPrefix("("), shapeText.hasSuffix(")") else {
-            throw TensorFileError(path: path, ".npy header has no shape")
+            throw DiffusionError(path: path, ".npy header has no shape")
         }
         let parts = shapeText.dropFirst().dropLast().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         let shape = try parts.filter { !$0.isEmpty }.map { part -> Int in
-            guard let dimension = Int(part), dimension >= 0 else { throw TensorFileError(path: path, "invalid shape \(shapeText)") }
+            guard let dimension = Int(part), dimension >= 0 else { throw DiffusionError(path: path, "invalid shape \(shapeText)") }
             return dimension
         }
         let tensor = Tensor(uninitialized: shape)
         let dataStart = headerStart + headerLength
         guard b.count - dataStart == tensor.count * 4 else {
-            throw TensorFileError(path: path, "\(b.count - dataStart) data bytes for shape \(shape) of float32")
+            throw DiffusionError(path: path, "\(b.count - dataStart) data bytes for shape \(shape) of float32")
         }
         b.withUnsafeBytes { raw in
             for i in 0..<tensor.count {
@@ -50,7 +51,7 @@ public enum NPYFile {
 
     public static func read(path: String) throws -> Tensor {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw TensorFileError(path: path, "cannot read file")
+            throw DiffusionError(path: path, "cannot read file")
         }
         return try decode(data, path: path)
     }
@@ -70,7 +71,7 @@ public enum NPYFile {
 
     public static func write(_ tensor: Tensor, path: String) throws {
         guard FileManager.default.createFile(atPath: path, contents: encode(tensor)) else {
-            throw TensorFileError(path: path, "cannot write file")
+            throw DiffusionError(path: path, "cannot write file")
         }
     }
 

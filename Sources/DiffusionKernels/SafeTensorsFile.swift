@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 /// A `.safetensors` file, memory-mapped: an 8-byte little-endian header length, a
@@ -29,16 +30,16 @@ public final class SafeTensorsFile: @unchecked Sendable {
     public init(path: String) throws {
         self.path = path
         let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw TensorFileError(path: path, "cannot open: \(String(cString: strerror(errno)))") }
+        guard fd >= 0 else { throw DiffusionError(path: path, "cannot open: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var info = stat()
         guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG else {
-            throw TensorFileError(path: path, "not a regular file")
+            throw DiffusionError(path: path, "not a regular file")
         }
         let size = Int(info.st_size)
-        guard size >= 8 else { throw TensorFileError(path: path, "file of \(size) bytes is too short for a safetensors header") }
+        guard size >= 8 else { throw DiffusionError(path: path, "file of \(size) bytes is too short for a safetensors header") }
         guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), base != MAP_FAILED else {
-            throw TensorFileError(path: path, "cannot map: \(String(cString: strerror(errno)))")
+            throw DiffusionError(path: path, "cannot map: \(String(cString: strerror(errno)))")
         }
         mapping = UnsafeRawBufferPointer(start: base, count: size)
         do {
@@ -77,7 +78,7 @@ public final class SafeTensorsFile: @unchecked Sendable {
     {
         let headerLength = UInt64(littleEndian: file.loadUnaligned(as: UInt64.self))
         guard headerLength <= UInt64(file.count - 8) else {
-            throw TensorFileError(path: path, "header of \(headerLength) bytes runs past the end of a \(file.count)-byte file")
+            throw DiffusionError(path: path, "header of \(headerLength) bytes runs past the end of a \(file.count)-byte file")
         }
         let dataStart = 8 + Int(headerLength)
         let dataSize = file.count - dataStart
@@ -85,9 +86,9 @@ public final class SafeTensorsFile: @unchecked Sendable {
         do {
             json = try JSONSerialization.jsonObject(with: Data(file[8..<dataStart]))
         } catch {
-            throw TensorFileError(path: path, "header is not valid JSON")
+            throw DiffusionError(path: path, "header is not valid JSON")
         }
-        guard let header = json as? [String: Any] else { throw TensorFileError(path: path, "header is not a JSON object") }
+        guard let header = json as? [String: Any] else { throw DiffusionError(path: path, "header is not a JSON object") }
         var entries: [String: Entry] = [:]
         var metadata: [String: String] = [:]
         for (name, value) in header {
@@ -100,22 +101,22 @@ public final class SafeTensorsFile: @unchecked Sendable {
                   let shape = (fields["shape"] as? [Any])?.map({ ($0 as? NSNumber)?.intValue ?? -1 }),
                   let offsets = (fields["data_offsets"] as? [Any])?.map({ ($0 as? NSNumber)?.intValue ?? -1 }),
                   offsets.count == 2
-            else { throw TensorFileError(path: path, "tensor \(name): entry needs dtype, shape and two data_offsets") }
+            else { throw DiffusionError(path: path, "tensor \(name): entry needs dtype, shape and two data_offsets") }
             guard let dtype = DType(rawValue: dtypeName) else {
-                throw TensorFileError(path: path, "tensor \(name): dtype \(dtypeName) is not supported (F32, F16, BF16 are)")
+                throw DiffusionError(path: path, "tensor \(name): dtype \(dtypeName) is not supported (F32, F16, BF16 are)")
             }
             guard shape.allSatisfy({ $0 >= 0 && $0 < 1 << 32 }) else {
-                throw TensorFileError(path: path, "tensor \(name): invalid shape \(shape)")
+                throw DiffusionError(path: path, "tensor \(name): invalid shape \(shape)")
             }
             let (count, overflow) = shape.reduce((1, false)) { acc, d in
                 let (product, o) = acc.0.multipliedReportingOverflow(by: d)
                 return (product, acc.1 || o)
             }
             guard !overflow, offsets[0] >= 0, offsets[0] <= offsets[1], offsets[1] <= dataSize else {
-                throw TensorFileError(path: path, "tensor \(name): data_offsets \(offsets) outside the \(dataSize)-byte data section")
+                throw DiffusionError(path: path, "tensor \(name): data_offsets \(offsets) outside the \(dataSize)-byte data section")
             }
             guard offsets[1] - offsets[0] == count * dtype.size else {
-                throw TensorFileError(path: path, "tensor \(name): \(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtypeName)")
+                throw DiffusionError(path: path, "tensor \(name): \(offsets[1] - offsets[0]) bytes for shape \(shape) of \(dtypeName)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, range: offsets[0]..<offsets[1])
         }

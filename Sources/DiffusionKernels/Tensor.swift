@@ -36,6 +36,14 @@ public final class Tensor: @unchecked Sendable {
 
     public var scalars: [Float] { Array(UnsafeBufferPointer(start: data, count: count)) }
 
+    /// Whether every element is a finite number (no NaN, no infinity).
+    public var isFinite: Bool {
+        // x − x is 0 for finite x and NaN otherwise; the sum stays 0 only when all are finite.
+        var total: Float = 0
+        for i in 0..<count { total += data[i] - data[i] }
+        return total == 0
+    }
+
     /// The number of elements in one slice along the first dimension (one image of a batch).
     public var sliceCount: Int { shape.isEmpty ? 1 : count / max(shape[0], 1) }
 

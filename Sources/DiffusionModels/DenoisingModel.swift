@@ -21,10 +21,7 @@ public protocol NoisyClassifier: AnyObject, Sendable {
 }
 
 extension UNet2DModel: DenoisingModel {
-    public var sampleShape: [Int] {
-        let size = config.sampleSize ?? [32, 32]
-        return [config.inChannels, size[0], size[1]]
-    }
+    public var sampleShape: [Int] { config.sampleShape }
 
     public var classCount: Int? { config.numClassEmbeds }
 

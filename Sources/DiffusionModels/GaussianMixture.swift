@@ -26,7 +26,7 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
               let shape = (object["shape"] as? [NSNumber])?.map(\.intValue), shape.count == 3, shape.allSatisfy({ $0 > 0 }),
               let list = object["components"] as? [[String: Any]], !list.isEmpty
-        else { throw ModelError("\(source): needs \"shape\" [C, H, W] and a non-empty \"components\" list") }
+        else { throw DiffusionError("\(source): needs \"shape\" [C, H, W] and a non-empty \"components\" list") }
         let size = shape.reduce(1, *)
         sampleShape = shape
         components = try list.enumerated().map { index, entry in
@@ -36,12 +36,12 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
             } else if let values = entry["mean"] as? [NSNumber], values.count == size {
                 mean = values.map(\.doubleValue)
             } else {
-                throw ModelError("\(source): component \(index) needs a mean: a number or \(size) numbers")
+                throw DiffusionError("\(source): component \(index) needs a mean: a number or \(size) numbers")
             }
             guard let std = (entry["std"] as? NSNumber)?.doubleValue, std > 0,
                   let weight = (entry["weight"] as? NSNumber)?.doubleValue, weight > 0,
                   let label = (entry["label"] as? NSNumber)?.intValue, label >= 0
-            else { throw ModelError("\(source): component \(index) needs std > 0, weight > 0 and a label ≥ 0") }
+            else { throw DiffusionError("\(source): component \(index) needs std > 0, weight > 0 and a label ≥ 0") }
             return Component(mean: mean, std: std, weight: weight, label: label)
         }
         classCount = components.map(\.label).max()! + 2
@@ -75,10 +75,10 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
     }
 
     func selected(_ label: Int) throws -> [Component] {
-        guard (0..<classCount!).contains(label) else { throw ModelError("class label \(label) outside 0..<\(classCount!)") }
+        guard (0..<classCount!).contains(label) else { throw DiffusionError("class label \(label) outside 0..<\(classCount!)") }
         if label == nullLabel { return components }
         let chosen = components.filter { $0.label == label }
-        guard !chosen.isEmpty else { throw ModelError("the mixture has no component of label \(label)") }
+        guard !chosen.isEmpty else { throw DiffusionError("the mixture has no component of label \(label)") }
         return chosen
     }
 

@@ -18,7 +18,7 @@ public struct ModelDirectory: Sendable {
         let fm = FileManager.default
         var isDirectory: ObjCBool = false
         guard fm.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ModelError("\(path): no such model directory")
+            throw DiffusionError("\(path): no such model directory")
         }
         if fm.fileExists(atPath: "\(path)/model_index.json")
             && (fm.fileExists(atPath: "\(path)/unet/config.json") || fm.fileExists(atPath: "\(path)/gmm.json"))
@@ -27,7 +27,7 @@ public struct ModelDirectory: Sendable {
         } else if fm.fileExists(atPath: "\(path)/config.json") {
             layout = .flat
         } else {
-            throw ModelError("\(path): not a model directory (no model_index.json with unet/ or gmm.json, nor config.json)")
+            throw DiffusionError("\(path): not a model directory (no model_index.json with unet/ or gmm.json, nor config.json)")
         }
     }
 
@@ -40,18 +40,14 @@ public struct ModelDirectory: Sendable {
 
     public func loadUNetConfig() throws -> UNet2DConfig {
         guard let data = FileManager.default.contents(atPath: unetConfigPath) else {
-            throw ModelError("\(unetConfigPath): cannot read")
+            throw DiffusionError("\(unetConfigPath): cannot read")
         }
         return try UNet2DConfig(json: data, source: unetConfigPath)
     }
 
     public func loadUNet() throws -> UNet2DModel {
         let config = try loadUNetConfig()
-        do {
-            return try UNet2DModel(config: config, weights: try SafeTensorsFile(path: unetWeightsPath))
-        } catch let error as TensorFileError {
-            throw ModelError(error.description)
-        }
+        return try UNet2DModel(config: config, weights: try SafeTensorsFile(path: unetWeightsPath))
     }
 
     /// model_index.json as a dictionary (empty for the flat layout).
@@ -59,50 +55,104 @@ public struct ModelDirectory: Sendable {
         guard layout == .pipeline else { return [:] }
         guard let data = FileManager.default.contents(atPath: "\(path)/model_index.json"),
               let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
-        else { throw ModelError("\(path)/model_index.json: not a JSON object") }
+        else { throw DiffusionError("\(path)/model_index.json: not a JSON object") }
         return object
     }
 
-    /// Everything a render needs from the directory: the denoiser (a U-Net, or
-    /// the exact Gaussian mixture when model_index.json names `GaussianMixture`),
-    /// the noisy classifier when `classifier/` exists, and the settings around them.
-    public func load() throws -> LoadedModel {
+    /// The pipelines this host renders, by model_index.json's `_class_name`: the
+    /// components each one reads and the classes each may be (empty: any, the
+    /// scheduler's class picks a sampler instead). A directory naming another
+    /// pipeline, or a component its pipeline does not read, is refused at load:
+    /// rendering part of a pipeline would write wrong images without an error.
+    static let pipelines: [String: [String: Set<String>]] = [
+        "DDPMPipeline": ["unet": ["UNet2DModel"], "scheduler": []],
+        "DDIMPipeline": ["unet": ["UNet2DModel"], "scheduler": []],
+        "GaussianMixture": ["scheduler": []],
+    ]
+
+    /// The pipeline class and its components, checked against `pipelines`
+    /// (a flat directory is a U-Net and its scheduler, as DDPMPipeline).
+    func checkedPipeline(_ index: [String: Any]) throws -> String {
+        guard layout == .pipeline else { return "DDPMPipeline" }
+        let source = "\(path)/model_index.json"
+        guard let name = index["_class_name"] as? String else { throw DiffusionError("\(source): no \"_class_name\"") }
+        guard let components = Self.pipelines[name] else {
+            throw DiffusionError("\(source): pipeline \(name) is not supported (supported: \(Self.pipelines.keys.sorted().joined(separator: ", ")))")
+        }
+        // Components are the entries ["library", "Class"]; [null, null] marks one left out.
+        for (key, value) in index.sorted(by: { $0.key < $1.key }) where !key.hasPrefix("_") {
+            guard let entry = value as? [Any], entry.count == 2 else { continue }
+            if entry.allSatisfy({ $0 is NSNull }) { continue }
+            let className = entry[1] as? String ?? "?"
+            guard let allowed = components[key] else {
+                throw DiffusionError("\(source): component \(key) (\(className)) is not supported in a \(name) (this host reads \(components.keys.sorted().joined(separator: " + ")))")
+            }
+            if !allowed.isEmpty && !allowed.contains(className) {
+                throw DiffusionError("\(source): component \(key) is a \(className); a \(name) here needs \(allowed.sorted().joined(separator: " or "))")
+            }
+        }
+        return name
+    }
+
+    /// What a render plan needs to know of the model, from its configs alone:
+    /// cheap enough to check every job at admission, before any weight is read.
+    public func describe() throws -> ModelDescription {
         let index = try modelIndex()
+        let pipeline = try checkedPipeline(index)
+        let sampleShape: [Int]
+        let classCount: Int?
+        if pipeline == "GaussianMixture" {
+            let mixture = try loadMixture()
+            (sampleShape, classCount) = (mixture.sampleShape, mixture.classCount)
+        } else {
+            let config = try loadUNetConfig()
+            (sampleShape, classCount) = (config.sampleShape, config.numClassEmbeds)
+        }
+        var nullClass: Int?
+        if let classCount {
+            nullClass = (index["null_class"] as? NSNumber)?.intValue ?? classCount - 1
+            guard (0..<classCount).contains(nullClass!) else {
+                throw DiffusionError("\(path)/model_index.json: null_class \(nullClass!) outside 0..<\(classCount)")
+            }
+        }
+        return ModelDescription(
+            sampleShape: sampleShape, classCount: classCount, nullClass: nullClass,
+            hasClassifier: pipeline == "GaussianMixture" || FileManager.default.fileExists(atPath: classifierConfigPath),
+            recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
+            schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
+            schedulerConfigSource: schedulerConfigPath)
+    }
+
+    private var classifierConfigPath: String { "\(path)/classifier/config.json" }
+
+    private func loadMixture() throws -> GaussianMixture {
+        guard let data = FileManager.default.contents(atPath: "\(path)/gmm.json") else {
+            throw DiffusionError("\(path)/gmm.json: cannot read")
+        }
+        return try GaussianMixture(json: data, source: "\(path)/gmm.json")
+    }
+
+    /// Everything a render needs from the directory: what `describe` says, the
+    /// denoiser (a U-Net, or the exact Gaussian mixture when model_index.json
+    /// names `GaussianMixture`) and the noisy classifier when `classifier/` exists.
+    public func load() throws -> LoadedModel {
+        let description = try describe()
         let denoiser: any DenoisingModel
         var classifier: (any NoisyClassifier)?
-        if index["_class_name"] as? String == "GaussianMixture" {
-            guard let data = FileManager.default.contents(atPath: "\(path)/gmm.json") else {
-                throw ModelError("\(path)/gmm.json: cannot read")
-            }
-            let mixture = try GaussianMixture(json: data, source: "\(path)/gmm.json")
+        if try checkedPipeline(modelIndex()) == "GaussianMixture" {
+            let mixture = try loadMixture()
             denoiser = mixture
             classifier = mixture
         } else {
             denoiser = try loadUNet()
         }
-        let classifierConfig = "\(path)/classifier/config.json"
-        if let data = FileManager.default.contents(atPath: classifierConfig) {
-            do {
-                classifier = try TimeConditionedClassifier(
-                    config: data, weights: try SafeTensorsFile(path: "\(path)/classifier/model.safetensors"),
-                    source: classifierConfig)
-            } catch let error as TensorFileError {
-                throw ModelError(error.description)
-            }
+        if let data = FileManager.default.contents(atPath: classifierConfigPath) {
+            classifier = try TimeConditionedClassifier(
+                config: data, weights: try SafeTensorsFile(path: "\(path)/classifier/model.safetensors"),
+                source: classifierConfigPath)
         }
-        var nullClass: Int?
-        if let classes = denoiser.classCount {
-            let named = (index["null_class"] as? NSNumber)?.intValue
-            nullClass = named ?? classes - 1
-            guard (0..<classes).contains(nullClass!) else {
-                throw ModelError("\(path)/model_index.json: null_class \(nullClass!) outside 0..<\(classes)")
-            }
-        }
-        return LoadedModel(
-            directory: self, denoiser: denoiser, classifier: classifier, nullClass: nullClass,
-            recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
-            schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
-            contentHash: try contentHash())
+        return LoadedModel(directory: self, description: description, denoiser: denoiser, classifier: classifier,
+                           contentHash: try contentHash())
     }
 
     /// FNV-1a (64-bit) over every regular file of the directory, in path order,
@@ -121,7 +171,7 @@ public struct ModelDirectory: Sendable {
             else { continue }
             Array(file.utf8).withUnsafeBytes(mix)
             guard let handle = FileHandle(forReadingAtPath: "\(path)/\(file)") else {
-                throw ModelError("\(path)/\(file): cannot read")
+                throw DiffusionError("\(path)/\(file): cannot read")
             }
             while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty { chunk.withUnsafeBytes(mix) }
             try handle.close()
@@ -130,28 +180,51 @@ public struct ModelDirectory: Sendable {
     }
 }
 
+/// What a model is, without its weights: what planning a render checks a job against.
+public struct ModelDescription: Sendable {
+    /// One image's shape `[channels, height, width]`.
+    public let sampleShape: [Int]
+    /// Class labels it takes, the null label included; nil when unconditional.
+    public let classCount: Int?
+    /// The label of the unconditional prediction, for class-conditional models.
+    public let nullClass: Int?
+    public let hasClassifier: Bool
+    public let recommendedGuidanceScale: Double?
+    /// scheduler_config.json as stored (nil when the directory has none), and where it is.
+    public let schedulerConfigData: Data?
+    public let schedulerConfigSource: String
+
+    public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool,
+                recommendedGuidanceScale: Double?, schedulerConfigData: Data?, schedulerConfigSource: String)
+    {
+        self.sampleShape = sampleShape
+        self.classCount = classCount
+        self.nullClass = nullClass
+        self.hasClassifier = hasClassifier
+        self.recommendedGuidanceScale = recommendedGuidanceScale
+        self.schedulerConfigData = schedulerConfigData
+        self.schedulerConfigSource = schedulerConfigSource
+    }
+}
+
 /// A model directory, loaded for rendering.
 public struct LoadedModel: Sendable {
     /// Where it came from (nil for a model built in memory, as benchmarks do).
     public let directory: ModelDirectory?
+    public let description: ModelDescription
     public let denoiser: any DenoisingModel
     public let classifier: (any NoisyClassifier)?
-    /// The label of the unconditional prediction, for class-conditional models.
-    public let nullClass: Int?
-    public let recommendedGuidanceScale: Double?
-    /// scheduler_config.json as stored (nil when the directory has none).
-    public let schedulerConfigData: Data?
     public let contentHash: String
 
-    public init(directory: ModelDirectory?, denoiser: any DenoisingModel, classifier: (any NoisyClassifier)?,
-                nullClass: Int?, recommendedGuidanceScale: Double?, schedulerConfigData: Data?, contentHash: String)
+    public init(directory: ModelDirectory?, description: ModelDescription, denoiser: any DenoisingModel,
+                classifier: (any NoisyClassifier)?, contentHash: String)
     {
+        precondition(description.sampleShape == denoiser.sampleShape && description.classCount == denoiser.classCount,
+                     "a model description that does not describe its denoiser")
         self.directory = directory
+        self.description = description
         self.denoiser = denoiser
         self.classifier = classifier
-        self.nullClass = nullClass
-        self.recommendedGuidanceScale = recommendedGuidanceScale
-        self.schedulerConfigData = schedulerConfigData
         self.contentHash = contentHash
     }
 }

@@ -34,17 +34,17 @@ public final class TimeConditionedClassifier: NoisyClassifier {
 
     public init(config data: Data, weights: any WeightSource, source: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
-            throw ModelError("\(source): not a JSON object")
+            throw DiffusionError("\(source): not a JSON object")
         }
         var reader = ConfigReader(keys: keys, source: source)
         try reader.require("_class_name", oneOf: ["TimeConditionedClassifier"])
         inChannels = try reader.int("in_channels") ?? 1
         _ = reader.value("sample_size")
         guard let channels = try reader.ints("block_out_channels"), !channels.isEmpty else {
-            throw ModelError("\(source): block_out_channels must list the channels of each block")
+            throw DiffusionError("\(source): block_out_channels must list the channels of each block")
         }
         guard let classes = try reader.int("num_classes"), classes >= 2 else {
-            throw ModelError("\(source): num_classes must be at least 2")
+            throw DiffusionError("\(source): num_classes must be at least 2")
         }
         numClasses = classes
         flipSinToCos = try reader.bool("flip_sin_to_cos") ?? true
@@ -117,10 +117,10 @@ public final class TimeConditionedClassifier: NoisyClassifier {
                                        on k: KernelRuntime) throws -> Tensor
     {
         guard sample.shape.count == 4, sample.shape[1] == inChannels else {
-            throw ModelError("the classifier takes samples [batch, \(inChannels), height, width], not \(sample.shape)")
+            throw DiffusionError("the classifier takes samples [batch, \(inChannels), height, width], not \(sample.shape)")
         }
         if let bad = labels.first(where: { !(0..<numClasses).contains($0) }) {
-            throw ModelError("class label \(bad) outside the classifier's 0..<\(numClasses)")
+            throw DiffusionError("class label \(bad) outside the classifier's 0..<\(numClasses)")
         }
         let t = trace(sample, timesteps: timesteps, on: k)
         let batch = sample.shape[0]

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 /// `UNet2DModel`'s config.json, as diffusers writes it.
@@ -34,11 +35,17 @@ public struct UNet2DConfig: Sendable, Equatable {
     public init() {}
 
     /// The width of the time embedding that every resnet receives.
+    /// One sample's shape `[in_channels, height, width]` (diffusers' default size is 32).
+    public var sampleShape: [Int] {
+        let size = sampleSize ?? [32, 32]
+        return [inChannels, size[0], size[1]]
+    }
+
     public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
 
     public init(json data: Data, source: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
-            throw ModelError("\(source): not a JSON object")
+            throw DiffusionError("\(source): not a JSON object")
         }
         var reader = ConfigReader(keys: keys, source: source)
         if let size = reader.value("sample_size") {
@@ -98,29 +105,29 @@ public struct UNet2DConfig: Sendable, Equatable {
     private func validate(source: String) throws {
         let levels = blockOutChannels.count
         guard levels > 0, downBlockTypes.count == levels, upBlockTypes.count == levels else {
-            throw ModelError("\(source): block_out_channels, down_block_types and up_block_types must have the same length, not \(levels), \(downBlockTypes.count) and \(upBlockTypes.count)")
+            throw DiffusionError("\(source): block_out_channels, down_block_types and up_block_types must have the same length, not \(levels), \(downBlockTypes.count) and \(upBlockTypes.count)")
         }
         guard layersPerBlock >= 1, inChannels >= 1, outChannels >= 1, normNumGroups >= 1 else {
-            throw ModelError("\(source): layers_per_block, in_channels, out_channels and norm_num_groups must be positive")
+            throw DiffusionError("\(source): layers_per_block, in_channels, out_channels and norm_num_groups must be positive")
         }
         if let bad = blockOutChannels.first(where: { $0 % normNumGroups != 0 }) {
-            throw ModelError("\(source): block_out_channels \(bad) is not divisible by norm_num_groups \(normNumGroups)")
+            throw DiffusionError("\(source): block_out_channels \(bad) is not divisible by norm_num_groups \(normNumGroups)")
         }
         guard (0...1).contains(downsamplePadding) else {
-            throw ModelError("\(source): downsample_padding \(downsamplePadding) is not supported (0 or 1 are)")
+            throw DiffusionError("\(source): downsample_padding \(downsamplePadding) is not supported (0 or 1 are)")
         }
         // Only the blocks that have attention split their channels into heads.
         var attended = zip(blockOutChannels, downBlockTypes).filter { $0.1 == .attention }.map(\.0)
         attended += zip(blockOutChannels.reversed(), upBlockTypes).filter { $0.1 == .attention }.map(\.0)
         if hasMidBlock && addAttention { attended.append(blockOutChannels[levels - 1]) }
         if let head = attentionHeadDim, let bad = attended.first(where: { head <= 0 || $0 % head != 0 }) {
-            throw ModelError("\(source): attention_head_dim \(head) does not divide the \(bad) channels of an attention block")
+            throw DiffusionError("\(source): attention_head_dim \(head) does not divide the \(bad) channels of an attention block")
         }
         if let groups = attnNormNumGroups, let last = blockOutChannels.last, groups <= 0 || last % groups != 0 {
-            throw ModelError("\(source): attn_norm_num_groups \(groups) does not divide \(last) channels")
+            throw DiffusionError("\(source): attn_norm_num_groups \(groups) does not divide \(last) channels")
         }
         if let classes = numClassEmbeds, classes < 1 {
-            throw ModelError("\(source): num_class_embeds must be positive, not \(classes)")
+            throw DiffusionError("\(source): num_class_embeds must be positive, not \(classes)")
         }
     }
 }
@@ -142,14 +149,14 @@ struct ConfigReader {
         return keys[key]
     }
 
-    func unsupported(_ key: String, _ value: Any) -> ModelError {
-        ModelError("\(source): \(key) = \(Self.render(value)) is not supported by this runtime")
+    func unsupported(_ key: String, _ value: Any) -> DiffusionError {
+        DiffusionError("\(source): \(key) = \(Self.render(value)) is not supported by this runtime")
     }
 
     mutating func int(_ key: String) throws -> Int? {
         guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let number = raw as? NSNumber, !Self.isBool(number), number.doubleValue == Double(number.intValue) else {
-            throw ModelError("\(source): \(key) must be an integer, not \(Self.render(raw))")
+            throw DiffusionError("\(source): \(key) must be an integer, not \(Self.render(raw))")
         }
         return number.intValue
     }
@@ -157,7 +164,7 @@ struct ConfigReader {
     mutating func float(_ key: String) throws -> Float? {
         guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let number = raw as? NSNumber, !Self.isBool(number) else {
-            throw ModelError("\(source): \(key) must be a number, not \(Self.render(raw))")
+            throw DiffusionError("\(source): \(key) must be a number, not \(Self.render(raw))")
         }
         return number.floatValue
     }
@@ -165,7 +172,7 @@ struct ConfigReader {
     mutating func bool(_ key: String) throws -> Bool? {
         guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let number = raw as? NSNumber, Self.isBool(number) else {
-            throw ModelError("\(source): \(key) must be true or false, not \(Self.render(raw))")
+            throw DiffusionError("\(source): \(key) must be true or false, not \(Self.render(raw))")
         }
         return number.boolValue
     }
@@ -173,7 +180,7 @@ struct ConfigReader {
     mutating func ints(_ key: String) throws -> [Int]? {
         guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let list = raw as? [NSNumber], list.allSatisfy({ !Self.isBool($0) && $0.intValue > 0 }) else {
-            throw ModelError("\(source): \(key) must be a list of positive integers, not \(Self.render(raw))")
+            throw DiffusionError("\(source): \(key) must be a list of positive integers, not \(Self.render(raw))")
         }
         return list.map(\.intValue)
     }
@@ -181,7 +188,7 @@ struct ConfigReader {
     mutating func strings(_ key: String) throws -> [String]? {
         guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let list = raw as? [String] else {
-            throw ModelError("\(source): \(key) must be a list of strings, not \(Self.render(raw))")
+            throw DiffusionError("\(source): \(key) must be a list of strings, not \(Self.render(raw))")
         }
         return list
     }
@@ -194,7 +201,7 @@ struct ConfigReader {
 
     func rejectUnknownKeys() throws {
         if let unknown = keys.keys.sorted().first(where: { !$0.hasPrefix("_") && !seen.contains($0) }) {
-            throw ModelError("\(source): unknown key \(unknown) = \(Self.render(keys[unknown]!)); this runtime cannot honour it")
+            throw DiffusionError("\(source): unknown key \(unknown) = \(Self.render(keys[unknown]!)); this runtime cannot honour it")
         }
     }
 

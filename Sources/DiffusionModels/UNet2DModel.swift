@@ -107,14 +107,14 @@ public final class UNet2DModel: Sendable {
     {
         let batch = sample.shape.first ?? 0
         guard sample.shape.count == 4, sample.shape[1] == config.inChannels, batch > 0 else {
-            throw ModelError("the model takes samples [batch, \(config.inChannels), height, width], not \(sample.shape)")
+            throw DiffusionError("the model takes samples [batch, \(config.inChannels), height, width], not \(sample.shape)")
         }
         let factor = 1 << (config.blockOutChannels.count - 1)
         guard sample.shape[2] % factor == 0, sample.shape[3] % factor == 0 else {
-            throw ModelError("image size \(sample.shape[2])x\(sample.shape[3]) must be a multiple of \(factor) for this model")
+            throw DiffusionError("image size \(sample.shape[2])x\(sample.shape[3]) must be a multiple of \(factor) for this model")
         }
         guard timesteps.count == batch else {
-            throw ModelError("\(timesteps.count) timesteps for a batch of \(batch)")
+            throw DiffusionError("\(timesteps.count) timesteps for a batch of \(batch)")
         }
 
         var time = k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0],
@@ -122,15 +122,15 @@ public final class UNet2DModel: Sendable {
         time = k.linear(k.linear(time, timeLinear1), timeLinear2, siluInput: true)
         switch (classEmbedding, classLabels) {
         case let (table?, labels?):
-            guard labels.count == batch else { throw ModelError("\(labels.count) class labels for a batch of \(batch)") }
+            guard labels.count == batch else { throw DiffusionError("\(labels.count) class labels for a batch of \(batch)") }
             if let bad = labels.first(where: { !(0..<table.shape[0]).contains($0) }) {
-                throw ModelError("class label \(bad) outside 0..<\(table.shape[0])")
+                throw DiffusionError("class label \(bad) outside 0..<\(table.shape[0])")
             }
             time = k.add(time, k.embeddingLookup(table, indices: labels))
         case (_?, nil):
-            throw ModelError("this model is class-conditional: give a class label per image")
+            throw DiffusionError("this model is class-conditional: give a class label per image")
         case (nil, _?):
-            throw ModelError("this model is not class-conditional: it takes no class labels")
+            throw DiffusionError("this model is not class-conditional: it takes no class labels")
         case (nil, nil):
             break
         }

@@ -10,10 +10,10 @@ struct WeightReader {
 
     mutating func tensor(_ name: String, shape: [Int]) throws -> Tensor {
         guard source.contains(name) else {
-            throw ModelError("\(source.origin): tensor \(name) is missing; the weights do not match config.json")
+            throw DiffusionError("\(source.origin): tensor \(name) is missing; the weights do not match config.json")
         }
         if let stored = source.shape(of: name), stored != shape {
-            throw ModelError("\(source.origin): tensor \(name) has shape \(stored), config.json implies \(shape)")
+            throw DiffusionError("\(source.origin): tensor \(name) has shape \(stored), config.json implies \(shape)")
         }
         used.insert(name)
         return source.tensor(name, shape: shape)
@@ -27,7 +27,7 @@ struct WeightReader {
     func rejectUnused() throws {
         let unused = source.unused(after: used)
         if let first = unused.first {
-            throw ModelError("\(source.origin): \(unused.count) tensors that config.json does not describe, first \(first)")
+            throw DiffusionError("\(source.origin): \(unused.count) tensors that config.json does not describe, first \(first)")
         }
     }
 

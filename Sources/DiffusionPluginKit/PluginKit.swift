@@ -74,6 +74,16 @@ public struct PluginOptions {
         }
     }
 
+    /// A number that must lie in `range`: options that scale or divide the
+    /// model's output are bounded, so a job cannot ask for a diverging render.
+    public func number(_ key: String, default fallback: Double, in range: ClosedRange<Double>) throws -> Double {
+        let value = try number(key, default: fallback)
+        guard range.contains(value) else {
+            throw PluginError("\(key) must lie in [\(range.lowerBound), \(range.upperBound)], not \(value)")
+        }
+        return value
+    }
+
     public func integer(_ key: String, default fallback: Int) throws -> Int {
         let value = try number(key, default: Double(fallback))
         guard value == value.rounded(), abs(value) < 1e15 else { throw PluginError("\(key) must be a whole number, not \(value)") }

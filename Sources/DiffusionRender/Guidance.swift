@@ -13,7 +13,7 @@ public final class Guidance: @unchecked Sendable {
     public init(name: String, registry: PluginRegistry, options: ComponentOptions) throws {
         guard let component = registry.guidances[name] else {
             let known = registry.guidances.keys.sorted().joined(separator: ", ")
-            throw RenderError("guidance \"\(name)\" is not provided by any plugin (available: \(known))")
+            throw DiffusionError("guidance \"\(name)\" is not provided by any plugin (available: \(known))")
         }
         self.name = name
         self.component = component
@@ -39,7 +39,7 @@ public final class Guidance: @unchecked Sendable {
 
     public func restoreState(_ bytes: [UInt8]) throws {
         guard let restore = component.descriptor.pointee.restore_state else {
-            guard bytes.isEmpty else { throw RenderError("guidance \(name) keeps no state, but a state was given") }
+            guard bytes.isEmpty else { throw DiffusionError("guidance \(name) keeps no state, but a state was given") }
             return
         }
         try pluginCall("guidance \(name)") { error, size in
@@ -93,7 +93,7 @@ final class ClassifierContext {
                   into gradient: UnsafeMutablePointer<Float>) throws
     {
         guard imageSize == sampleShape.reduce(1, *), alphasCumprod.indices.contains(timestep) else {
-            throw RenderError("classifier gradient asked for \(imageSize) values at timestep \(timestep)")
+            throw DiffusionError("classifier gradient asked for \(imageSize) values at timestep \(timestep)")
         }
         let x = Tensor(uninitialized: [images] + sampleShape)
         x.data.update(from: sample, count: images * imageSize)

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 
 /// A render job, the one schema of docs/jobs.md, parsed strictly: every key has
@@ -53,13 +54,13 @@ public struct Job: Sendable {
         do {
             object = try JSONSerialization.jsonObject(with: data)
         } catch {
-            throw RenderError("\(source): not valid JSON")
+            throw DiffusionError("\(source): not valid JSON")
         }
-        guard let keys = object as? [String: Any] else { throw RenderError("\(source): a job is a JSON object") }
+        guard let keys = object as? [String: Any] else { throw DiffusionError("\(source): a job is a JSON object") }
         if let unknown = keys.keys.sorted().first(where: { !Self.keys.contains($0) }) {
-            throw RenderError("\(source): unknown key \"\(unknown)\" (see docs/jobs.md)")
+            throw DiffusionError("\(source): unknown key \"\(unknown)\" (see docs/jobs.md)")
         }
-        func fail(_ key: String, _ what: String) -> RenderError { RenderError("\(source): \(key) must be \(what)") }
+        func fail(_ key: String, _ what: String) -> DiffusionError { DiffusionError("\(source): \(key) must be \(what)") }
         func value(_ key: String) -> Any? { keys[key].flatMap { $0 is NSNull ? nil : $0 } }
         func string(_ key: String) throws -> String? {
             guard let raw = value(key) else { return nil }
@@ -73,7 +74,7 @@ public struct Job: Sendable {
             return exact
         }
 
-        guard let model = try string("model") else { throw RenderError("\(source): model is required") }
+        guard let model = try string("model") else { throw DiffusionError("\(source): model is required") }
         self.model = model
         sampler = try string("sampler")
         if let raw = value("sampler_options") {
@@ -137,6 +138,11 @@ public struct Job: Sendable {
         }
     }
 
+    /// An inline `init_noise`'s tensor.
+    public static func decodeInitNoise(_ bytes: Data) throws -> Tensor {
+        do { return try NPYFile.decode(bytes, path: "init_noise") } catch { throw DiffusionError("init_noise: \(error)") }
+    }
+
     /// A JSON number as an exact Int: integers as parsed (seeds exceed a double's
     /// 53 bits), doubles only when whole.
     static func exactInteger(_ number: NSNumber) -> Int? {
@@ -166,11 +172,13 @@ public enum JSONValue: Sendable, Equatable {
         switch raw {
         case is NSNull: self = .null
         case let number as NSNumber where PluginHost.isBool(number): self = .bool(number.boolValue)
-        case let number as NSNumber: self = .number(number.doubleValue)
+        case let number as NSNumber:
+            guard number.doubleValue.isFinite else { throw DiffusionError("\(number) is not a finite number") }
+            self = .number(number.doubleValue)
         case let text as String: self = .string(text)
         case let list as [Any]: self = .array(try list.map(JSONValue.init))
         case let object as [String: Any]: self = .object(try object.mapValues(JSONValue.init))
-        default: throw RenderError("unsupported JSON value \(raw)")
+        default: throw DiffusionError("unsupported JSON value \(raw)")
         }
     }
 

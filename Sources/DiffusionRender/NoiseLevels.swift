@@ -1,4 +1,5 @@
 import DiffusionPluginABI
+import DiffusionKernels
 import Foundation
 
 /// The training-time noise levels: betas from a schedule plugin (or the config's
@@ -18,17 +19,17 @@ public struct NoiseLevels: Sendable {
         var betas: [Double]
         if let trained = options.value("trained_betas") {
             guard let list = trained as? [NSNumber], !list.isEmpty else {
-                throw RenderError("trained_betas must be a list of numbers")
+                throw DiffusionError("trained_betas must be a list of numbers")
             }
             betas = list.map(\.doubleValue)
             schedule = "trained_betas"
         } else {
             guard (1...100_000).contains(trainSteps) else {
-                throw RenderError("num_train_timesteps must be between 1 and 100000, not \(trainSteps)")
+                throw DiffusionError("num_train_timesteps must be between 1 and 100000, not \(trainSteps)")
             }
             guard let component = registry.schedules[name] else {
                 let known = registry.schedules.keys.sorted().joined(separator: ", ")
-                throw RenderError("beta_schedule \"\(name)\" is not provided by any plugin (available: \(known))")
+                throw DiffusionError("beta_schedule \"\(name)\" is not provided by any plugin (available: \(known))")
             }
             var computed = [Double](repeating: 0, count: trainSteps)
             try pluginCall("beta_schedule \(name)") { error, size in
@@ -41,7 +42,7 @@ public struct NoiseLevels: Sendable {
             schedule = name
         }
         if let bad = betas.first(where: { !($0 > 0 && $0 < 1) }) {
-            throw RenderError("beta_schedule \(schedule): every beta must lie in (0, 1), found \(bad)")
+            throw DiffusionError("beta_schedule \(schedule): every beta must lie in (0, 1), found \(bad)")
         }
         var product = 1.0
         alphasCumprod = betas.map { beta in
@@ -54,7 +55,7 @@ public struct NoiseLevels: Sendable {
     static func integer(_ raw: Any?, key: String) throws -> Int? {
         guard let raw else { return nil }
         guard let number = raw as? NSNumber, !PluginHost.isBool(number), number.doubleValue == number.doubleValue.rounded()
-        else { throw RenderError("\(key) must be a whole number") }
+        else { throw DiffusionError("\(key) must be a whole number") }
         return number.intValue
     }
 }

@@ -6,35 +6,49 @@ import Foundation
 public struct OneShotRender {
     public var pluginDirectories = PluginRegistry.defaultDirectories()
     /// Where a model *name* is looked up (a path, relative to the job file, is tried first).
-    public var modelDirectories: [String] = []
+    public var modelDirectories = [ModelResolver.installedModels]
     public var threads = ProcessInfo.processInfo.activeProcessorCount
     public var limits = RenderLimits()
 
     public init() {}
 
+    /// Plans `jobPath` as `run` would, reading no weights: `diffusiond render --dry-run`.
+    public func plan(jobPath: String) throws -> RenderPlan {
+        let (job, base) = try readJob(jobPath)
+        let model = try ModelResolver(directories: modelDirectories).directory(job.model, relativeTo: base)
+        return try makePlan(job, base: base, model: try model.describe())
+    }
+
     /// Renders `jobPath` into `outputDirectory`, reporting progress; returns the render.
     @discardableResult
     public func run(jobPath: String, outputDirectory: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> Render {
-        guard let data = FileManager.default.contents(atPath: jobPath) else { throw RenderError("\(jobPath): cannot read the job file") }
-        let job = try Job(json: data, source: jobPath)
-        let base = URL(fileURLWithPath: jobPath).deletingLastPathComponent().path
+        let (job, base) = try readJob(jobPath)
         let model = try ModelResolver(directories: modelDirectories).load(job.model, relativeTo: base)
+        let render = try Render(plan: try makePlan(job, base: base, model: model.description), model: model,
+                                runtime: KernelRuntime(threadCount: threads))
+        let samples = try render.run(progress: progress)
+        try RenderOutput.write(render, samples: samples, to: outputDirectory)
+        return render
+    }
+
+    private func readJob(_ jobPath: String) throws -> (Job, base: String) {
+        guard let data = FileManager.default.contents(atPath: jobPath) else { throw DiffusionError("\(jobPath): cannot read the job file") }
+        return (try Job(json: data, source: jobPath), URL(fileURLWithPath: jobPath).deletingLastPathComponent().path)
+    }
+
+    private func makePlan(_ job: Job, base: String, model: ModelDescription) throws -> RenderPlan {
         var initNoise: Tensor?
         switch job.initNoise {
         case .path(let path)?:
             let resolved = path.hasPrefix("/") ? path : "\(base)/\(path)"
-            do { initNoise = try NPYFile.read(path: resolved) } catch { throw RenderError("init_noise: \(error)") }
+            do { initNoise = try NPYFile.read(path: resolved) } catch { throw DiffusionError("init_noise: \(error)") }
         case .inline(let bytes)?:
-            do { initNoise = try NPYFile.decode(bytes, path: "init_noise") } catch { throw RenderError("init_noise: \(error)") }
+            initNoise = try Job.decodeInitNoise(bytes)
         case nil:
             break
         }
-        let registry = PluginRegistry(directories: pluginDirectories)
-        let render = try Render(job: job, model: model, registry: registry, runtime: KernelRuntime(threadCount: threads),
-                                limits: limits, initNoise: initNoise)
-        let samples = try render.run(progress: progress)
-        try RenderOutput.write(render, samples: samples, to: outputDirectory)
-        return render
+        return try RenderPlan(job: job, model: model, registry: PluginRegistry(directories: pluginDirectories),
+                              limits: limits, initNoise: initNoise)
     }
 }
 
@@ -44,7 +58,14 @@ public struct ModelResolver: Sendable {
 
     public init(directories: [String]) { self.directories = directories }
 
-    public func load(_ model: String, relativeTo base: String?) throws -> LoadedModel {
+    /// PREFIX/share/diffusiond/models for a program installed in PREFIX/bin.
+    public static var installedModels: String {
+        URL(fileURLWithPath: "\(PluginRegistry.executableDirectory)/../share/diffusiond/models").standardized.path
+    }
+
+    /// The model directory `model` names: a path (with a `/`, or starting with
+    /// `.`) relative to `base`, or a name under `directories`.
+    public func directory(_ model: String, relativeTo base: String?) throws -> ModelDirectory {
         var candidates: [String] = []
         if let base, model.contains("/") || model.hasPrefix(".") {
             candidates.append(model.hasPrefix("/") ? model : "\(base)/\(model)")
@@ -52,12 +73,13 @@ public struct ModelResolver: Sendable {
         if !model.contains("/") { candidates += directories.map { "\($0)/\(model)" } }
         candidates = candidates.map { URL(fileURLWithPath: $0).standardized.path }
         guard let path = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
-            throw RenderError("model \"\(model)\" not found (looked in: \(candidates.joined(separator: ", ")))")
+            let looked = candidates.isEmpty ? "no model directories are configured" : "looked in: \(candidates.joined(separator: ", "))"
+            throw DiffusionError("model \"\(model)\" not found (\(looked)); a directory beside the job is written ./\(model)")
         }
-        do {
-            return try ModelDirectory(path: path).load()
-        } catch let error as ModelError {
-            throw RenderError(error.message)
-        }
+        return try ModelDirectory(path: path)
+    }
+
+    public func load(_ model: String, relativeTo base: String?) throws -> LoadedModel {
+        try directory(model, relativeTo: base).load()
     }
 }

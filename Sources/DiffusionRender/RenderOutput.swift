@@ -16,13 +16,10 @@ public enum RenderOutput {
         do {
             try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw RenderError("cannot create output directory \(directory): \(error.localizedDescription)")
+            throw DiffusionError("cannot create output directory \(directory): \(error.localizedDescription)")
         }
-        let job = render.resolvedJob
+        let job = render.plan.resolvedJob
         let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
-        guard channels == 1 || channels == 3 || channels == 4 else {
-            throw RenderError("a PNG has 1, 3 or 4 channels; these samples have \(channels) (ask for format npy)")
-        }
         if render.job.formats.contains(.png) {
             for image in 0..<count {
                 var metadata = job
@@ -42,7 +39,7 @@ public enum RenderOutput {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
         }
         guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
-            throw RenderError("cannot write \(directory)/job.json")
+            throw DiffusionError("cannot write \(directory)/job.json")
         }
     }
 
@@ -71,7 +68,8 @@ public enum RenderOutput {
             let base = samples.data + image * samples.sliceCount
             for c in 0..<channels { for y in 0..<height { for x in 0..<width {
                 let value = base[(c * height + y) * width + x]
-                let level = ((min(max((value + 1) / 2, 0), 1)) * 255).rounded()
+                // NaN (which no finished render holds) is black rather than a trap.
+                let level = value.isNaN ? 0 : ((min(max((value + 1) / 2, 0), 1)) * 255).rounded()
                 out[(gridRow * height + y) * stride + (gridColumn * width + x) * channels + c] = UInt8(level)
             } } }
         }
@@ -92,6 +90,6 @@ public enum PNGFile {
         var error = [CChar](repeating: 0, count: 512)
         let status = dfn_png_write(path, pixels, UInt32(width), UInt32(height), Int32(channels), &keyPointers,
                                    &valuePointers, Int32(keys.count), &error, error.count)
-        guard status == 0 else { throw RenderError(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self)) }
+        guard status == 0 else { throw DiffusionError(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self)) }
     }
 }

@@ -17,7 +17,7 @@ public final class Sampler: @unchecked Sendable {
     public init(name: String, registry: PluginRegistry, options: ComponentOptions, levels: NoiseLevels) throws {
         guard let component = registry.samplers[name] else {
             let known = registry.samplers.keys.sorted().joined(separator: ", ")
-            throw RenderError("sampler \"\(name)\" is not provided by any plugin (available: \(known))")
+            throw DiffusionError("sampler \"\(name)\" is not provided by any plugin (available: \(known))")
         }
         self.name = name
         self.component = component

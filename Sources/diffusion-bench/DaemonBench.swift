@@ -34,6 +34,9 @@ final class ScratchDaemon {
             every_steps = \(checkpointEvery)
             [history]
             keep_jobs = 100000
+            [queue]
+            # The soak kills the daemon on purpose, many times per job.
+            poison_after_crashes = 0
             [log]
             level = "warning"
             """.write(toFile: "\(root)/diffusiond.toml", atomically: true, encoding: .utf8)

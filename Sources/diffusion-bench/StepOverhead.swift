@@ -11,10 +11,11 @@ func runStepOverhead(_ options: BenchOptions) throws {
     var config = try UNet2DConfig(json: data, source: options.config)
     config.numClassEmbeds = 11
     let unet = try UNet2DModel(config: config, weights: RandomWeights(seed: 0))
-    let model = LoadedModel(
-        directory: nil, denoiser: unet, classifier: nil, nullClass: 10, recommendedGuidanceScale: nil,
+    let description = ModelDescription(
+        sampleShape: config.sampleShape, classCount: 11, nullClass: 10, hasClassifier: false, recommendedGuidanceScale: nil,
         schedulerConfigData: Data(#"{"_class_name": "DDIMScheduler", "beta_schedule": "linear"}"#.utf8),
-        contentHash: "random")
+        schedulerConfigSource: "the benchmark's scheduler config")
+    let model = LoadedModel(directory: nil, description: description, denoiser: unet, classifier: nil, contentHash: "random")
     let registry = PluginRegistry(directories: PluginRegistry.defaultDirectories())
     let runtime = KernelRuntime(threadCount: options.threads)
     print("\nRender steps on the same U-Net (class-conditional), \(options.threads) threads: time outside the U-Net")

@@ -3,6 +3,7 @@
 import ArgumentParser
 import DiffusionDaemon
 import DiffusionRender
+import DiffusionKernels
 import Foundation
 
 @main
@@ -18,7 +19,7 @@ func loadConfig(_ path: String?) throws -> DaemonConfig {
     guard let path else { return DaemonConfig() }
     do {
         return try DaemonConfig(path: path)
-    } catch let error as ConfigError {
+    } catch let error as DiffusionError {
         FileHandle.standardError.write(Data("diffusiond: \(error.message)\n".utf8))
         throw ExitCode(1)
     }
@@ -104,8 +105,8 @@ struct RenderJob: ParsableCommand {
                     FileHandle.standardError.write(Data("step \(step)/\(total)\n".utf8))
                 }
             }
-            print("rendered \(done.job.count) image(s) with \(done.samplerName) in \(done.timesteps.count) steps into \(output)")
-        } catch let error as RenderError {
+            print("rendered \(done.job.count) image(s) with \(done.plan.samplerName) in \(done.timesteps.count) steps into \(output)")
+        } catch let error as DiffusionError {
             FileHandle.standardError.write(Data("diffusiond: \(error.message)\n".utf8))
             throw ExitCode(1)
         }

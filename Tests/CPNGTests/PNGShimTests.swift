@@ -19,7 +19,7 @@ import Testing
         return (status, String(cString: error))
     }
 
-    @Test(arguments: [Int32(1), 3, 4])
+    @Test(arguments: [Int32(1), 2, 3, 4])
     func roundTrips(channels: Int32) throws {
         let (width, height) = (UInt32(5), UInt32(3))
         let pixels = (0..<Int(width * height) * Int(channels)).map { UInt8(truncatingIfNeeded: $0 * 7) }
@@ -40,7 +40,7 @@ import Testing
     @Test func errorsComeBackAsMessages() {
         let (status, message) = write("\(directory)/missing/dir/x.png", [0], width: 1, height: 1, channels: 1)
         #expect(status == -1 && message.contains("cannot create"))
-        #expect(write("\(directory)/x.png", [0, 0], width: 1, height: 1, channels: 2).1.contains("1, 3 or 4 channels"))
+        #expect(write("\(directory)/x.png", [0, 0, 0, 0, 0], width: 1, height: 1, channels: 5).1.contains("1 to 4 channels"))
 
         let notPNG = "\(directory)/not.png"
         FileManager.default.createFile(atPath: notPNG, contents: Data("definitely not a png".utf8))

@@ -1,4 +1,5 @@
 import DiffusionDaemon
+import DiffusionKernels
 import Foundation
 import Testing
 
@@ -79,7 +80,7 @@ final class DaemonProcess {
         try process.run()
         self.process = process
         guard DaemonClient.waitForDaemon(at: socket, seconds: 20, alive: { process.isRunning }) else {
-            throw DaemonError(process.isRunning ? "diffusiond did not answer within 20 s: \(self.log)" : "diffusiond exited at start: \(self.log)")
+            throw DiffusionError(process.isRunning ? "diffusiond did not answer within 20 s: \(self.log)" : "diffusiond exited at start: \(self.log)")
         }
     }
 
@@ -131,14 +132,14 @@ final class DaemonProcess {
     func submit(_ job: [String: Any]) throws -> String {
         let reply = try call(["verb": "submit", "job": job])
         guard reply["ok"] as? Bool == true, let record = reply["job"] as? [String: Any], let id = record["id"] as? String else {
-            throw DaemonError("submit refused: \(reply)")
+            throw DiffusionError("submit refused: \(reply)")
         }
         return id
     }
 
     func job(_ id: String) throws -> [String: Any] {
         let reply = try call(["verb": "show", "id": id])
-        guard let job = reply["job"] as? [String: Any] else { throw DaemonError("no job \(id): \(reply)") }
+        guard let job = reply["job"] as? [String: Any] else { throw DiffusionError("no job \(id): \(reply)") }
         return job
     }
 
@@ -152,14 +153,14 @@ final class DaemonProcess {
             if last["state"] as? String == state { return last }
             usleep(20_000)
         }
-        throw DaemonError("job \(id) is \(last["state"] ?? "?"), not \(state), after \(seconds) s: \(last)")
+        throw DiffusionError("job \(id) is \(last["state"] ?? "?"), not \(state), after \(seconds) s: \(last)")
     }
 
     /// Drops `contents` into the spool the documented way: write in tmp/, rename into new/.
     func drop(_ name: String, _ contents: String) throws {
         let tmp = "\(state)/spool/tmp/\(name)"
         try contents.write(toFile: tmp, atomically: false, encoding: .utf8)
-        guard rename(tmp, "\(state)/spool/new/\(name)") == 0 else { throw DaemonError("rename failed") }
+        guard rename(tmp, "\(state)/spool/new/\(name)") == 0 else { throw DiffusionError("rename failed") }
     }
 
     /// A small job of the default model.

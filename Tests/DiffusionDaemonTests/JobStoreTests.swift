@@ -68,9 +68,51 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: root) }
         let id = try add(store, uid: 1)
         try store.transition(id, from: [.queued], to: .running, reason: "test")
-        #expect(try JobStore(path: "\(root)/queue.sqlite").requeueInterrupted() == [id])
+        let restarted = try JobStore(path: "\(root)/queue.sqlite").requeueInterrupted(poisonAfter: 2)
+        #expect(restarted.queued == [id] && restarted.poisoned.isEmpty)
         let record = try #require(try store.record(id))
         #expect(record.state == .queued && record.attempts == 0)
+    }
+
+    /// The dead-letter rule: running at two unclean exits in a row fails the job;
+    /// a clean stop in between starts the count again.
+    @Test func aJobRunningAtTwoCrashesInARowIsFailedAsPoison() throws {
+        let (store, root) = try store()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let id = try add(store, uid: 1)
+        func crash() throws -> (queued: [Int], poisoned: [Int]) {
+            try store.transition(id, from: [.queued], to: .running, reason: "test")
+            return try store.requeueInterrupted(poisonAfter: 2)
+        }
+        #expect(try crash().queued == [id])
+        try store.transition(id, from: [.queued], to: .running, reason: "test")
+        try store.transition(id, from: [.running], to: .queued, reason: "the daemon stopped; queued again")
+        #expect(try crash().queued == [id])
+        #expect(try crash().poisoned == [id])
+        let record = try #require(try store.record(id))
+        #expect(record.state == .failed)
+        #expect(record.error?.contains("exited uncleanly 2 times in a row while this job ran") == true)
+        #expect(try store.events(of: id).last?.state == "failed")
+        // retry gives it a fresh count
+        try store.transition(id, from: [.failed], to: .queued, reason: "retried", resetAttempts: true)
+        #expect(try crash().queued == [id])
+        let never = try store.requeueInterrupted(poisonAfter: 0)
+        #expect(never.poisoned.isEmpty)
+    }
+
+    /// Any limit a client sends reuses one prepared statement: the daemon's
+    /// memory does not grow with the number of distinct requests.
+    @Test func listLimitsShareOneStatement() throws {
+        let (store, root) = try store()
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        for _ in 0..<3 { _ = try add(store, uid: 1) }
+        _ = try store.list(states: [.queued], ownerUID: 1, limit: 1)
+        let cached = store.cachedStatements
+        for limit in 1...500 {
+            #expect(try store.list(states: [.queued], ownerUID: 1, limit: limit).count == min(limit, 3))
+        }
+        #expect(try store.list(states: [.queued], ownerUID: 1, limit: nil).count == 3)
+        #expect(store.cachedStatements == cached)
     }
 
     @Test func historyIsPrunedByCountAndAge() throws {

@@ -1,3 +1,4 @@
+import DiffusionKernels
 import Foundation
 import Testing
 @testable import DiffusionDaemon
@@ -18,21 +19,21 @@ import Testing
             ("model must be the name", { try #"{"model": "/etc"}"#.write(toFile: $0, atomically: false, encoding: .utf8) }),
             ("init_noise must be inline", { try #"{"model": "fashion-mnist", "init_noise": "/etc/passwd"}"#.write(toFile: $0, atomically: false, encoding: .utf8) }),
             ("steps 5000 is over the limit", { try #"{"model": "fashion-mnist", "steps": 5000}"#.write(toFile: $0, atomically: false, encoding: .utf8) }),
-            ("a symbolic link", { guard symlink("/etc/passwd", $0) == 0 else { throw DaemonError("symlink") } }),
+            ("a symbolic link", { guard symlink("/etc/passwd", $0) == 0 else { throw DiffusionError("symlink") } }),
             ("has 2 links", { path in
                 try #"{"model": "fashion-mnist"}"#.write(toFile: path + ".orig", atomically: false, encoding: .utf8)
-                guard link(path + ".orig", path) == 0 else { throw DaemonError("link") }
+                guard link(path + ".orig", path) == 0 else { throw DiffusionError("link") }
             }),
             ("over the limit of 2048", { try String(repeating: " ", count: 3000).write(toFile: $0, atomically: false, encoding: .utf8) }),
             ("not a regular file", { try FileManager.default.createDirectory(atPath: $0, withIntermediateDirectories: false) }),
-            ("no sampler \"plms\"", { try #"{"model": "fashion-mnist", "sampler": "plms"}"#.write(toFile: $0, atomically: false, encoding: .utf8) }),
+            ("sampler \"plms\" is not provided by any plugin", { try #"{"model": "fashion-mnist", "sampler": "plms"}"#.write(toFile: $0, atomically: false, encoding: .utf8) }),
         ]
         var expected: [String: String] = [:]
         for index in 0..<200 {
             let (reason, make) = kinds[index % kinds.count]
             let name = String(format: "bad-%03d.json", index)
             try make("\(daemon.root)/\(name)")
-            guard rename("\(daemon.root)/\(name)", "\(new)/\(name)") == 0 else { throw DaemonError("rename \(name)") }
+            guard rename("\(daemon.root)/\(name)", "\(new)/\(name)") == 0 else { throw DiffusionError("rename \(name)") }
             expected[String(name.dropLast(5))] = reason
         }
         // Names the spool ignores, and one good job.

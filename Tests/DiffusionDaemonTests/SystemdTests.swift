@@ -1,4 +1,5 @@
 import DiffusionDaemon
+import DiffusionKernels
 import Foundation
 import Synchronization
 import Testing
@@ -18,7 +19,7 @@ import Testing
         let status = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
-        guard fd >= 0, status == 0 else { throw DaemonError("cannot bind \(path)") }
+        guard fd >= 0, status == 0 else { throw DiffusionError("cannot bind \(path)") }
         return fd
     }
 

@@ -71,9 +71,9 @@ import Testing
         var header = "{'descr': '<f8', 'fortran_order': False, 'shape': (1,), }"
         header += String(repeating: " ", count: 63 - (10 + header.utf8.count) % 64) + "\n"
         let float64 = Data([0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count), 0] + Array(header.utf8) + Array(repeating: 0, count: 8))
-        #expect(throws: TensorFileError.self) { try NPYFile.decode(float64) }
-        #expect(throws: TensorFileError.self) { try NPYFile.decode(Data("not numpy".utf8)) }
-        #expect(throws: TensorFileError.self) { try NPYFile.decode(NPYFile.encode(tensor).dropLast(4)) }
+        #expect(throws: DiffusionError.self) { try NPYFile.decode(float64) }
+        #expect(throws: DiffusionError.self) { try NPYFile.decode(Data("not numpy".utf8)) }
+        #expect(throws: DiffusionError.self) { try NPYFile.decode(NPYFile.encode(tensor).dropLast(4)) }
     }
 
     @Test func philoxMatchesPublishedVectors() {

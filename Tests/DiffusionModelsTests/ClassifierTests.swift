@@ -54,7 +54,7 @@ struct AmplifiedWeights: WeightSource {
     }
 
     @Test func rejectsItsOwnBadConfig() {
-        #expect(throws: ModelError("config.json: num_classes must be at least 2")) {
+        #expect(throws: DiffusionError("config.json: num_classes must be at least 2")) {
             _ = try TimeConditionedClassifier(
                 config: Data(#"{"_class_name": "TimeConditionedClassifier", "block_out_channels": [8], "num_classes": 1}"#.utf8),
                 weights: RandomWeights(seed: 1), source: "config.json")

@@ -69,11 +69,11 @@ import Testing
                                     weights: RandomWeights(seed: 1))
         let k = KernelRuntime(threadCount: 1)
         let x = Tensor(zeros: [1, 1, 8, 8])
-        #expect(throws: ModelError("this model is class-conditional: give a class label per image")) {
+        #expect(throws: DiffusionError("this model is class-conditional: give a class label per image")) {
             try model.forward(x, timesteps: [1], on: k)
         }
-        #expect(throws: ModelError("class label 3 outside 0..<3")) { try model.forward(x, timesteps: [1], classLabels: [3], on: k) }
-        #expect(throws: ModelError("image size 7x8 must be a multiple of 2 for this model")) {
+        #expect(throws: DiffusionError("class label 3 outside 0..<3")) { try model.forward(x, timesteps: [1], classLabels: [3], on: k) }
+        #expect(throws: DiffusionError("image size 7x8 must be a multiple of 2 for this model")) {
             try model.forward(Tensor(zeros: [1, 1, 7, 8]), timesteps: [1], classLabels: [0], on: k)
         }
         #expect(try model.forward(x, timesteps: [1], classLabels: [2], on: k).shape == [1, 1, 8, 8])

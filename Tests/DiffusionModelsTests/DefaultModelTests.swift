@@ -12,9 +12,9 @@ import Testing
         let model = try ModelDirectory(path: Self.path).load()
         #expect(model.denoiser.sampleShape == [1, 28, 28])
         #expect(model.denoiser.classCount == 11)
-        #expect(model.nullClass == 10)
+        #expect(model.description.nullClass == 10)
         #expect(model.classifier != nil)
-        let scale = try #require(model.recommendedGuidanceScale)
+        let scale = try #require(model.description.recommendedGuidanceScale)
         #expect((1.5...5).contains(scale))
     }
 

@@ -35,7 +35,7 @@ import Testing
         let levels = try levels(["trained_betas": [0.1, 0.2, 0.5], "beta_schedule": "no such schedule"])
         #expect(levels.betas == [0.1, 0.2, 0.5])
         #expect(abs(levels.alphasCumprod[2] - 0.9 * 0.8 * 0.5) < 1e-15)
-        #expect(throws: RenderError("beta_schedule \"cosine\" is not provided by any plugin (available: linear, scaled_linear, sigmoid, squaredcos_cap_v2)")) {
+        #expect(throws: DiffusionError("beta_schedule \"cosine\" is not provided by any plugin (available: linear, scaled_linear, sigmoid, squaredcos_cap_v2)")) {
             try self.levels(["beta_schedule": "cosine"])
         }
     }
@@ -51,7 +51,7 @@ import Testing
                 let expected = (entry["timesteps"] as! [NSNumber]).map(\.int32Value)
                 if expected.contains(where: { $0 >= 1000 }) {
                     // diffusers picks timestep 1000 here and fails later, indexing past its schedule.
-                    #expect(throws: RenderError("sampler \(name): timestep 1000 falls outside 0..<1000 (check steps_offset)")) {
+                    #expect(throws: DiffusionError("sampler \(name): timestep 1000 falls outside 0..<1000 (check steps_offset)")) {
                         try sampler.setTimesteps(steps)
                     }
                 } else {
@@ -99,7 +99,7 @@ import Testing
         let b = try resumed.step(7, modelOutput: e, sample: x, generators: [ImageGenerator(seed: 1)]).previous
         #expect(a.isBitIdentical(to: b))
         #expect(chosen.count == 20)
-        #expect(throws: RenderError("sampler ddim: sampler state version 9 is not known (1 is)")) {
+        #expect(throws: DiffusionError("sampler ddim: sampler state version 9 is not known (1 is)")) {
             try resumed.restoreState([9, 0, 0, 0, 0, 0, 0, 0])
         }
     }
@@ -110,17 +110,17 @@ import Testing
             _ = try Sampler(name: name, registry: TestSupport.registry,
                             options: ComponentOptions(modelConfig: [:], overrides: overrides), levels: levels)
         }
-        #expect(throws: RenderError("sampler ddim: prediction_type \"noise\" is not supported (one of: epsilon, sample, v_prediction)")) {
+        #expect(throws: DiffusionError("sampler ddim: prediction_type \"noise\" is not supported (one of: epsilon, sample, v_prediction)")) {
             try make(["prediction_type": "noise"])
         }
-        #expect(throws: RenderError("sampler ddpm: variance_type \"learned\" is not supported (one of: fixed_small, fixed_large)")) {
+        #expect(throws: DiffusionError("sampler ddpm: variance_type \"learned\" is not supported (one of: fixed_small, fixed_large)")) {
             try make(["variance_type": "learned"], "ddpm")
         }
-        #expect(throws: RenderError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
-        #expect(throws: RenderError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm)")) { try make([:], "plms") }
+        #expect(throws: DiffusionError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
+        #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm)")) { try make([:], "plms") }
         let sampler = try Sampler(name: "ddpm", registry: TestSupport.registry,
                                   options: ComponentOptions(modelConfig: [:], overrides: [:]), levels: levels)
-        #expect(throws: RenderError("sampler ddpm: steps must be between 1 and num_train_timesteps (1000), not 1001")) {
+        #expect(throws: DiffusionError("sampler ddpm: steps must be between 1 and num_train_timesteps (1000), not 1001")) {
             try sampler.setTimesteps(1001)
         }
     }

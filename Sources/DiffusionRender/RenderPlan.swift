@@ -1,0 +1,149 @@
+import DiffusionKernels
+import DiffusionModels
+import Foundation
+
+/// A job checked against a model and the plugins, with every setting resolved:
+/// what the render loop executes. It reads the model's configs, never its
+/// weights, so the daemon plans every job at admission and refuses, with the one
+/// line this gives, a job that could not render; `--dry-run` prints it.
+///
+/// The checks: the limits; the sampler (the job's, or the one the model's
+/// scheduler config names), the noise schedule and every `sampler_options` key
+/// read by one of them; the guidance and its options; labels within the model's
+/// classes; `init_noise` of the job's shape; outputs the sample shape can fill.
+public final class RenderPlan: @unchecked Sendable {
+    public let job: Job
+    public let model: ModelDescription
+    public let samplerName: String
+    public let seeds: [UInt64]
+    /// Each image's label for the model's conditional pass (the null label when
+    /// none was asked; nil for an unconditional model).
+    public let labels: [Int]?
+    public let levels: NoiseLevels
+    public let timesteps: [Int32]
+    let sampler: Sampler
+    let guidance: Guidance?
+    /// The decoded `init_noise`, when the job has one.
+    let initNoise: Tensor?
+
+    /// The channel counts a PNG holds: grey, grey+alpha, RGB, RGBA.
+    public static let pngChannels = 1...4
+
+    public init(job: Job, model: ModelDescription, registry: PluginRegistry, limits: RenderLimits,
+                initNoise: Tensor?) throws
+    {
+        let shape = model.sampleShape
+        let pixels = shape.dropFirst().reduce(1, *)
+        guard job.steps <= limits.maxSteps else { throw DiffusionError("steps \(job.steps) is over the limit of \(limits.maxSteps)") }
+        guard job.count <= limits.maxCount else { throw DiffusionError("count \(job.count) is over the limit of \(limits.maxCount)") }
+        guard pixels <= limits.maxPixels else {
+            throw DiffusionError("images of \(shape.dropFirst().map(String.init).joined(separator: "x")) pixels are over the limit of \(limits.maxPixels) pixels")
+        }
+        if job.formats.contains(.png), !Self.pngChannels.contains(shape[0]) {
+            throw DiffusionError("this model's images have \(shape[0]) channels and a PNG holds 1 to 4: ask for \"formats\": [\"npy\"]")
+        }
+        self.job = job
+        self.model = model
+
+        var schedulerConfig: [String: Any] = [:]
+        if let data = model.schedulerConfigData {
+            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                throw DiffusionError("\(model.schedulerConfigSource): not a JSON object")
+            }
+            schedulerConfig = object
+        }
+        if let name = job.sampler {
+            samplerName = name
+        } else {
+            switch schedulerConfig["_class_name"] as? String {
+            case "DDIMScheduler": samplerName = "ddim"
+            case "DDPMScheduler": samplerName = "ddpm"
+            default: throw DiffusionError("the model's scheduler config names no sampler this host knows: give \"sampler\"")
+            }
+        }
+        var overrides = job.samplerOptions.mapValues(\.foundation)
+        if let schedule = job.betaSchedule { overrides["beta_schedule"] = schedule }
+        if let spacing = job.timestepSpacing { overrides["timestep_spacing"] = spacing }
+        let options = ComponentOptions(modelConfig: schedulerConfig, overrides: overrides)
+        levels = try NoiseLevels(options: options, registry: registry)
+        sampler = try Sampler(name: samplerName, registry: registry, options: options, levels: levels)
+        if let unread = options.unreadOverrides.first {
+            throw DiffusionError("sampler_options: \(unread) is not a setting of sampler \(samplerName) or schedule \(levels.schedule)")
+        }
+        timesteps = try sampler.setTimesteps(job.steps)
+
+        let classCount = model.classCount
+        if let request = job.guidance {
+            var defaults: [String: Any] = [:]
+            if request.kind == "cfg", let scale = model.recommendedGuidanceScale { defaults["scale"] = scale }
+            let guidanceOptions = ComponentOptions(modelConfig: defaults, overrides: request.options.mapValues(\.foundation))
+            let made = try Guidance(name: request.kind, registry: registry, options: guidanceOptions)
+            if let unread = guidanceOptions.unreadOverrides.first {
+                throw DiffusionError("guidance: \(unread) is not a setting of \(request.kind)")
+            }
+            if made.needsConditional && made.needsUnconditional && classCount == nil {
+                throw DiffusionError("guidance \(request.kind) needs a class-conditional model")
+            }
+            if made.needsClassifier {
+                guard model.hasClassifier else {
+                    throw DiffusionError("guidance \(request.kind) needs a model directory with a classifier/")
+                }
+                guard job.classes != nil else { throw DiffusionError("guidance \(request.kind) needs a class for every image") }
+                let prediction = options.value("prediction_type") as? String ?? "epsilon"
+                guard prediction == "epsilon" else {
+                    throw DiffusionError("guidance \(request.kind) works in epsilon space; this model predicts \(prediction)")
+                }
+            }
+            guidance = made
+        } else {
+            guidance = nil
+        }
+
+        // The model's labels; an unconditional model guided by a classifier takes
+        // none, and the job's classes are the classifier's.
+        if let classes = job.classes {
+            if let classCount {
+                if let bad = classes.first(where: { $0 >= classCount }) {
+                    throw DiffusionError("class \(bad) is out of range: this model has labels 0...\(classCount - 1)")
+                }
+                labels = classes
+            } else if guidance?.needsClassifier == true {
+                labels = nil
+            } else {
+                throw DiffusionError("class \(classes[0]): this model is not class-conditional")
+            }
+        } else {
+            labels = model.nullClass.map { [Int](repeating: $0, count: job.count) }
+        }
+
+        if let initNoise, initNoise.shape != [job.count] + shape {
+            throw DiffusionError("init_noise has shape \(initNoise.shape); this job needs \([job.count] + shape)")
+        }
+        self.initNoise = initNoise
+        seeds = job.seeds ?? (0..<job.count).map { _ in UInt64.random(in: 0...UInt64(Int64.max)) }
+    }
+
+    /// The job with every default filled in, as job.json records it.
+    public var resolvedJob: [String: Any] {
+        var resolved: [String: Any] = [
+            "model": job.model, "sampler": samplerName, "sampler_options": job.samplerOptions.mapValues(\.foundation),
+            "beta_schedule": levels.schedule, "steps": job.steps, "count": job.count,
+            "seed": seeds.map { NSNumber(value: $0) }, "formats": job.formats.map(\.rawValue),
+            "priority": job.priority, "preview_every": job.previewEvery, "time_limit": job.timeLimit,
+        ]
+        resolved["grid_columns"] = job.gridColumns ?? NSNull()
+        resolved["timestep_spacing"] = job.timestepSpacing ?? NSNull()
+        resolved["class"] = job.classes ?? NSNull()
+        if let guidance = job.guidance {
+            resolved["guidance"] = guidance.options.mapValues(\.foundation).merging(["kind": guidance.kind]) { $1 }
+        } else {
+            resolved["guidance"] = NSNull()
+        }
+        switch job.initNoise {
+        case .path(let path)?: resolved["init_noise"] = path
+        case .inline?: resolved["init_noise"] = "inline"
+        case nil: resolved["init_noise"] = NSNull()
+        }
+        return resolved
+    }
+}
