@@ -27,6 +27,10 @@ extension Daemon {
             case "submit":
                 guard let job = request["job"] as? [String: Any] else { throw RequestError("submit needs a \"job\" object") }
                 let data = try JSONSerialization.data(withJSONObject: job)
+                if request["dry_run"] as? Bool == true {
+                    let plan = try plan(try Job(json: data, source: "job"), label: "job")
+                    return reply(session, tag: tag, ["plan": plan.resolvedJob])
+                }
                 let record = try admit(data, owner: Owner(uid: Int(session.uid)), source: "socket")
                 log.info("job \(record.id) submitted by \(record.ownerName)")
                 reply(session, tag: tag, ["job": jobObject(record)])

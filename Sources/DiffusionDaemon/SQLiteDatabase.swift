@@ -42,6 +42,13 @@ final class SQLiteDatabase {
 
     init(path: String) throws {
         self.path = path
+        // Every job's JSON (inline init_noise included) is in here: the daemon's
+        // alone. SQLite gives its -wal and -shm files the same mode.
+        let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            fchmod(fd, 0o600)
+            close(fd)
+        }
         var db: OpaquePointer?
         let status = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nil)
         guard status == SQLITE_OK, let db else {

@@ -95,6 +95,8 @@ struct Submit: ParsableCommand {
     @Option(help: "Guidance scale.") var scale: Double?
     @Option(help: "Queue priority, -1000...1000 (higher first).") var priority: Int?
     @Flag(help: "Follow the job until it ends, as `diffctl watch` does.") var watch = false
+    @Flag(help: "Check the job as the daemon would queue it and print it resolved; queue nothing.")
+    var dryRun = false
 
     func run() throws {
         var job: [String: Any] = [:]
@@ -126,6 +128,10 @@ struct Submit: ParsableCommand {
         }
         if let priority { job["priority"] = priority }
         guard job["model"] != nil else { fail("diffctl: give a job file or --model", code: 1) }
+        if dryRun {
+            printJSON(try call(global, ["verb": "submit", "job": job, "dry_run": true])["plan"] ?? [:])
+            return
+        }
         let reply = try call(global, ["verb": "submit", "job": job])
         let record = reply["job"] as? [String: Any] ?? [:]
         if watch {

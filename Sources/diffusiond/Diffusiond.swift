@@ -76,7 +76,9 @@ struct RenderJob: ParsableCommand {
         commandName: "render", abstract: "Render one job file into a directory, without a daemon.")
 
     @Argument(help: "The job file (docs/jobs.md).") var job: String
-    @Option(help: "The directory for the images (created).") var output: String
+    @Option(help: "The directory for the images (created).") var output: String?
+    @Flag(help: "Check the job against its model and the plugins, print it resolved, and render nothing.")
+    var dryRun = false
     @Option(help: "A configuration file whose limits, threads, plugin and model directories apply.") var config: String?
     @Option(name: .customLong("models"), help: "A directory of named models (repeatable).") var modelDirectories: [String] = []
     @Option(name: .customLong("plugins"), help: "A plugin directory (repeatable; default: beside this program and the installed one).")
@@ -100,6 +102,13 @@ struct RenderJob: ParsableCommand {
             render.threads = threads
         }
         do {
+            if dryRun {
+                let data = try JSONSerialization.data(withJSONObject: try render.plan(jobPath: job).resolvedJob,
+                                                      options: [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes])
+                print(String(decoding: data, as: UTF8.self))
+                return
+            }
+            guard let output else { throw ValidationError("--output is required (or --dry-run)") }
             let done = try render.run(jobPath: job, outputDirectory: output) { step, total in
                 if !quiet && (step == total || step % max(total / 10, 1) == 0) {
                     FileHandle.standardError.write(Data("step \(step)/\(total)\n".utf8))

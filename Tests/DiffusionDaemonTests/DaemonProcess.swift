@@ -26,7 +26,8 @@ final class DaemonProcess {
 
     /// Writes a configuration (`extra` is appended as TOML) and starts the daemon.
     /// Jobs render one at a time unless `batchImages` lets them share a batch.
-    init(extra: String = "", batchImages: Int = 1, outputs: String = "state/outputs", start: Bool = true) throws {
+    init(extra: String = "", batchImages: Int = 1, outputs: String = "state/outputs", plugins: [String] = [],
+         start: Bool = true) throws {
         root = try Self.temporaryDirectory()
         state = "\(root)/state"
         socket = "\(root)/state/diffusiond.sock"
@@ -36,7 +37,8 @@ final class DaemonProcess {
             state = "state"
             socket = "state/diffusiond.sock"
             outputs = "\(outputs)"
-            models = ["\(Self.packageRoot)/models"]
+            models = ["\(Self.packageRoot)/models", "\(root)/models"]
+            plugins = [\(plugins.map { "\"\($0)\"" }.joined(separator: ", "))]
             [render]
             threads = 1
             batch_images = \(batchImages)

@@ -91,13 +91,12 @@ import Testing
         #expect((canceled.json as? [String: Any])?["state"] as? String == "canceled")
         try daemon.wait(for: second, state: "succeeded")
 
-        // A job the model cannot render fails at once, without retries, with the reason.
-        let bad = try daemon.submit(DaemonProcess.smallJob(label: 20))
-        let watched = try daemon.diffctl(["watch", bad])
-        #expect(watched.status == 3)
-        let failed = try daemon.job(bad)
-        #expect(failed["error"] as? String == "class 20 is out of range: this model has labels 0...10")
-        #expect(failed["attempts"] as? Int == 1)
+        // A job the model cannot render is refused at submit, with the reason, and queues nothing.
+        let before = try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
+        let bad = try daemon.diffctl(["submit", "--model", "fashion-mnist", "--steps", "4", "--class", "20"])
+        #expect(bad.status == 1)
+        #expect(bad.stderr == "diffctl: job: class 20 is out of range: this model has labels 0...10\n")
+        #expect((try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []).count == before.count)
 
         let unknown = try daemon.diffctl(["show", "999"])
         #expect(unknown.status == 1 && unknown.stderr == "diffctl: no job 999\n")

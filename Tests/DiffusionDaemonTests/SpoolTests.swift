@@ -48,8 +48,10 @@ import Testing
         for (base, reason) in expected {
             let error = try String(contentsOfFile: "\(daemon.state)/spool/rejected/\(base).error", encoding: .utf8)
             #expect(error.contains(reason) && error.hasSuffix("\n") && error.split(separator: "\n").count == 1, "\(base): \(error)")
-            #expect(FileManager.default.fileExists(atPath: "\(daemon.state)/spool/rejected/\(base).json")
-                || (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(daemon.state)/spool/rejected/\(base).json")) != nil)
+            // A rejected file is kept for its owner to see; a directory or FIFO is removed.
+            let kept = FileManager.default.fileExists(atPath: "\(daemon.state)/spool/rejected/\(base).json")
+                || (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(daemon.state)/spool/rejected/\(base).json")) != nil
+            #expect(kept == (reason != "not a regular file"), "\(base): \(reason)")
         }
         let jobs = try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
         #expect(jobs.count == 1 && jobs.first?["source"] as? String == "spool good.json")

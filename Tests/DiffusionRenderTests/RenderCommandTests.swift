@@ -86,6 +86,96 @@ import Testing
         #expect(lines.count == 1 && lines[0].hasPrefix("diffusiond: ") && lines[0].contains(message), "\(outcome.stderr)")
     }
 
+    /// A Gaussian-mixture model of `channels` channels beside the job, as ./mix.
+    func mixture(channels: Int, in directory: String) throws {
+        try FileManager.default.createDirectory(atPath: "\(directory)/mix", withIntermediateDirectories: true)
+        try #"{"_class_name": "GaussianMixture", "scheduler": ["diffusers", "DDPMScheduler"]}"#
+            .write(toFile: "\(directory)/mix/model_index.json", atomically: true, encoding: .utf8)
+        try #"{"shape": [\#(channels), 2, 2], "components": [{"mean": 0.5, "std": 0.3, "weight": 1, "label": 0}]}"#
+            .write(toFile: "\(directory)/mix/gmm.json", atomically: true, encoding: .utf8)
+    }
+
+    /// A model of 2 channels renders as npy and as grey+alpha PNGs; one of 5
+    /// channels is refused before the first step when PNGs are asked for.
+    @Test func outputsAreCheckedAgainstTheChannelsBeforeTheFirstStep() throws {
+        let (directory, file) = try jobFile(#"{"model": "./mix", "sampler": "ddpm", "steps": 5, "count": 2, "seed": 1, "formats": ["npy", "png"]}"#)
+        try mixture(channels: 2, in: directory)
+        let two = try run(["render", file, "--output", "\(directory)/out", "--quiet"])
+        #expect(two.status == 0, "\(two.stderr)")
+        #expect(try NPYFile.read(path: "\(directory)/out/samples.npy").shape == [2, 2, 2, 2])
+        var (w, h, c) = (UInt32(0), UInt32(0), Int32(0))
+        var error = [CChar](repeating: 0, count: 128)
+        #expect(dfn_png_read("\(directory)/out/image-0001.png", nil, 0, &w, &h, &c, &error, 128) == 0)
+        #expect((w, h, c) == (2, 2, 2))
+
+        try FileManager.default.removeItem(atPath: "\(directory)/mix")
+        try mixture(channels: 5, in: directory)
+        let five = try run(["render", file, "--output", "\(directory)/five"])
+        #expect(five.status == 1)
+        #expect(five.stderr == "diffusiond: this model's images have 5 channels and a PNG holds 1 to 4: ask for \"formats\": [\"npy\"]\n")
+        #expect(!five.stderr.contains("step "), "refused after rendering: \(five.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/five"))
+        try #"{"model": "./mix", "sampler": "ddpm", "steps": 5, "formats": ["npy"]}"#.write(toFile: file, atomically: true, encoding: .utf8)
+        #expect(try run(["render", file, "--output", "\(directory)/five", "--quiet"]).status == 0)
+    }
+
+    /// A pipeline this host does not render as a whole is refused, naming what.
+    @Test(arguments: [
+        (#"{"_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"], "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+         "model_index.json: pipeline LDMPipeline is not supported (supported: DDIMPipeline, DDPMPipeline, GaussianMixture)"),
+        (#"{"_class_name": "DDPMPipeline", "vqvae": ["diffusers", "VQModel"], "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+         "model_index.json: component vqvae (VQModel) is not supported in a DDPMPipeline (this host reads scheduler + unet)"),
+        (#"{"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+         "model_index.json: component unet is a UNet2DConditionModel; a DDPMPipeline here needs UNet2DModel"),
+    ])
+    func unsupportedPipelinesAreRefused(index: String, message: String) throws {
+        let (directory, file) = try jobFile(#"{"model": "./ldm", "steps": 2}"#)
+        try FileManager.default.copyItem(atPath: "\(TestSupport.fixtures)/unet-tiny", toPath: "\(directory)/ldm")
+        try index.write(toFile: "\(directory)/ldm/model_index.json", atomically: true, encoding: .utf8)
+        for arguments in [["--output", "\(directory)/out"], ["--dry-run"]] {
+            let outcome = try run(["render", file] + arguments)
+            #expect(outcome.status == 1)
+            #expect(outcome.stderr.hasPrefix("diffusiond: ") && outcome.stderr.hasSuffix("\(message)\n"), "\(outcome.stderr)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/out"))
+    }
+
+    /// Settings that would diverge are refused at once or end the render with a
+    /// reason; none reaches the output as a NaN.
+    @Test func divergingSettingsNeverTrap() throws {
+        for scale in ["-1e308", "1e30"] {
+            let (_, outcome) = (0, try render(#"{"model": "./gmm", "class": 1, "guidance": {"kind": "cfg", "scale": \#(scale)}}"#).0)
+            #expect(outcome.status == 1)
+            #expect(outcome.stderr.contains("guidance cfg: scale must lie in [-1000.0, 1000.0]"), "\(outcome.stderr)")
+        }
+        let betas = Array(repeating: "0.5", count: 1000).joined(separator: ", ")
+        let (outcome, directory) = try render(#"{"model": "./gmm", "sampler": "ddim", "steps": 20, "sampler_options": {"trained_betas": [\#(betas)], "clip_sample": false}}"#)
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("produced values that are not finite (NaN or infinity)"), "\(outcome.stderr)")
+        #expect(!FileManager.default.fileExists(atPath: "\(directory)/out/image-0000.png"))
+    }
+
+    @Test func dryRunPrintsTheResolvedJobAndRendersNothing() throws {
+        let (directory, file) = try jobFile(#"{"model": "./gmm", "steps": 7, "count": 2, "seed": 3, "class": 1}"#)
+        let outcome = try run(["render", file, "--dry-run"])
+        #expect(outcome.status == 0, "\(outcome.stderr)")
+        let resolved = try #require(try JSONSerialization.jsonObject(with: Data(outcome.stdout.utf8)) as? [String: Any])
+        #expect(resolved["sampler"] as? String == "ddpm" && resolved["steps"] as? Int == 7)
+        #expect((resolved["seed"] as? [NSNumber])?.map(\.uint64Value) == [Job.imageSeed(3, 0), Job.imageSeed(3, 1)])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: directory).sorted() == ["gmm", "job.json"])
+        try #"{"model": "./gmm", "class": 9}"#.write(toFile: file, atomically: true, encoding: .utf8)
+        let bad = try run(["render", file, "--dry-run"])
+        #expect(bad.status == 1 && bad.stderr == "diffusiond: class 9 is out of range: this model has labels 0...3\n")
+    }
+
+    @Test func aModelNameNotFoundSaysWhereItLooked() throws {
+        let (directory, file) = try jobFile(#"{"model": "gmm-missing"}"#)
+        let outcome = try run(["render", file, "--output", "\(directory)/out", "--models", directory])
+        #expect(outcome.status == 1)
+        #expect(outcome.stderr.contains("model \"gmm-missing\" not found (looked in: \(directory)/gmm-missing, "), "\(outcome.stderr)")
+        #expect(outcome.stderr.contains("a directory beside the job is written ./gmm-missing"))
+    }
+
     @Test func aTruncatedCheckpointIsAnError() throws {
         let (directory, file) = try jobFile(#"{"model": "./tiny", "class": 1}"#)
         try FileManager.default.copyItem(atPath: "\(TestSupport.fixtures)/unet-tiny", toPath: "\(directory)/tiny")
