@@ -15,6 +15,13 @@ final class ClientSession {
     private let maxFrameBytes: Int
     /// Jobs this client watches.
     var watching: Set<Int> = []
+    /// When the client last sent anything (the loop's clock, ms), for the idle timeout.
+    var lastActivity: UInt64 = 0
+    /// Bytes of an unfinished line held for this client (counted against the daemon's total).
+    var bufferedBytes: Int { buffer.count }
+
+    /// Forgets the unfinished line (the connection is being cut off).
+    func dropBuffer() { buffer = [] }
 
     /// Progress events are skipped for a client this far behind (end events never are).
     static let slowClientBytes = 1 << 20

@@ -98,6 +98,10 @@ public final class Daemon {
         _ = try LoopDirectoryWatch(loop, path: spool.new) { [unowned self] in scanSoon() }
         LoopTimer(loop) { [unowned self] in scanSoon() }.start(after: 2000, repeatEvery: 2000)
         backoffTimer = LoopTimer(loop) { [unowned self] in dispatch() }
+        if config.idleSeconds > 0 {
+            let every = UInt64(max(min(config.idleSeconds * 250, 10_000), 100))
+            LoopTimer(loop) { [unowned self] in closeIdleSessions() }.start(after: every, repeatEvery: every)
+        }
         // History is pruned once a minute, not at every job's end: each prune is a write.
         LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 60_000)
         if let interval = notifier.watchdogMilliseconds {
@@ -326,17 +330,40 @@ public final class Daemon {
 
     // MARK: Clients
 
+    /// A client connects. Its share is bounded: `[limits] connections_per_user`
+    /// connections per uid, replies it does not read pause its reading
+    /// (`PipeConnection`), unfinished lines of all clients together stay under
+    /// `[limits] socket_buffer_bytes`, and a connection idle for `[limits]
+    /// idle_seconds` (watching nothing) is closed. Each limit that bites is logged.
     private func accept(_ connection: PipeConnection) {
         guard let session = ClientSession(connection: connection, maxFrameBytes: config.maxRequestBytes) else {
             connection.close()
             return
         }
+        let open = sessions.values.filter { $0.uid == session.uid }.count
+        if open >= config.connectionsPerUser {
+            log.warning("uid \(session.uid) (pid \(session.pid)) refused: \(open) connections open, the limit of [limits] connections_per_user")
+            replyError(session, tag: nil, "too many connections from this user (limit \(config.connectionsPerUser)); close some and try again")
+            connection.closeAfterWrites()
+            return
+        }
         let key = ObjectIdentifier(session)
         sessions[key] = session
+        session.lastActivity = loop.now
+        connection.maxPendingWriteBytes = ClientSession.slowClientBytes
         connection.onRead = { [unowned self, unowned session] bytes in
+            session.lastActivity = loop.now
             session.feed(bytes, handle: { line in handleRequest(line, from: session) }, oversize: {
                 replyError(session, tag: nil, "a request is over the limit of \(config.maxRequestBytes) bytes")
             })
+            // The client whose unfinished line takes the total over the budget is the one cut off.
+            let buffered = sessions.values.reduce(0) { $0 + $1.bufferedBytes }
+            if session.bufferedBytes > 0 && buffered > config.socketBufferBytes {
+                session.dropBuffer()
+                log.warning("uid \(session.uid) (pid \(session.pid)) disconnected: unfinished requests of all clients hold \(buffered) bytes, over [limits] socket_buffer_bytes")
+                replyError(session, tag: nil, "the daemon's request buffers are full; send the request again later")
+                connection.closeAfterWrites()
+            }
         }
         connection.onClose = { [unowned self] in
             if let session = sessions.removeValue(forKey: key) {
@@ -344,6 +371,15 @@ public final class Daemon {
             }
         }
         connection.startReading()
+    }
+
+    /// Closes connections that sent nothing for `[limits] idle_seconds` and watch no job.
+    private func closeIdleSessions() {
+        let cutoff = loop.now - UInt64(config.idleSeconds * 1000)
+        for session in sessions.values where session.watching.isEmpty && session.lastActivity < cutoff {
+            log.info("uid \(session.uid) (pid \(session.pid)) disconnected after \(Int(config.idleSeconds)) s idle")
+            session.connection.close()
+        }
     }
 
     // MARK: Lifecycle

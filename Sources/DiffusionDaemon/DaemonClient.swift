@@ -42,6 +42,12 @@ public final class DaemonClient {
 
     deinit { close(fd) }
 
+    /// How long `receive` waits for the daemon before it fails (0: forever, the default).
+    public func setReceiveTimeout(seconds: Double) {
+        var limit = timeval(tv_sec: Int(seconds), tv_usec: Int((seconds - seconds.rounded(.down)) * 1e6))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+    }
+
     /// Waits until a daemon at `socketPath` answers a ping: true then; false after
     /// `seconds`, or as soon as `alive()` says the daemon's process has gone.
     public static func waitForDaemon(at socketPath: String, seconds: Double, alive: () -> Bool = { true }) -> Bool {

@@ -23,6 +23,11 @@ public struct DaemonConfig: Sendable {
     /// Seconds a job may render (a job's own `time_limit` may only ask for less).
     public var jobSeconds = 3600.0
     public var maxRequestBytes = 16 << 20
+    /// Unfinished request lines of all clients together.
+    public var socketBufferBytes = 64 << 20
+    public var connectionsPerUser = 256
+    /// Seconds a connection that watches nothing may stay silent (0: forever).
+    public var idleSeconds = 300.0
     public var maxAttempts = 3
     public var retryBackoffSeconds = 10.0
     /// Unclean exits in a row while a job ran after which it is failed (0: never).
@@ -93,6 +98,9 @@ public struct DaemonConfig: Sendable {
             case "limits.max_pixels": limits.maxPixels = try integer(1...(1 << 26))
             case "limits.job_seconds": jobSeconds = try seconds()
             case "limits.max_request_bytes": maxRequestBytes = try integer(1024...(1 << 30))
+            case "limits.socket_buffer_bytes": socketBufferBytes = try integer(1024...(1 << 34))
+            case "limits.connections_per_user": connectionsPerUser = try integer(1...100_000)
+            case "limits.idle_seconds": idleSeconds = try seconds()
             case "queue.max_attempts": maxAttempts = try integer(1...100)
             case "queue.retry_backoff_seconds": retryBackoffSeconds = try seconds()
             case "queue.poison_after_crashes": poisonAfterCrashes = try integer(0...100)

@@ -195,10 +195,17 @@ final class PipeServer: LoopHandle {
 }
 
 /// One accepted client: bytes in through `onRead`, out through `write`.
+///
+/// Backpressure: while more than `maxPendingWriteBytes` of replies wait for a
+/// client that does not read them, nothing more is read from it; reading
+/// resumes once half of that has drained. A client sending requests and never
+/// reading cannot make the daemon queue replies without bound.
 final class PipeConnection: LoopHandle {
     var onRead: ((UnsafeRawBufferPointer) -> Void)?
     var onClose: (() -> Void)?
     var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
+    var maxPendingWriteBytes = 1 << 20
+    private(set) var readingPaused = false
 
     init(_ loop: EventLoop) {
         super.init(type: UV_NAMED_PIPE)
@@ -215,6 +222,7 @@ final class PipeConnection: LoopHandle {
     var pendingWriteBytes: Int { uv_stream_get_write_queue_size(stream) }
 
     func startReading() {
+        readingPaused = false
         uv_read_start(stream, { _, suggested, buffer in
             buffer!.pointee.base = malloc(suggested)?.assumingMemoryBound(to: CChar.self)
             buffer!.pointee.len = buffer!.pointee.base == nil ? 0 : suggested
@@ -222,6 +230,10 @@ final class PipeConnection: LoopHandle {
             let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(stream!).assumingMemoryBound(to: uv_handle_t.self)) as! PipeConnection
             if count > 0 {
                 owner.onRead?(UnsafeRawBufferPointer(start: buffer!.pointee.base, count: count))
+                if !owner.isClosed && owner.pendingWriteBytes > owner.maxPendingWriteBytes {
+                    uv_read_stop(owner.stream)
+                    owner.readingPaused = true
+                }
             } else if count < 0 {
                 owner.close()
             }
@@ -237,11 +249,34 @@ final class PipeConnection: LoopHandle {
         request.pointee.data = bytes
         var buffer = uv_buf_init(bytes.assumingMemoryBound(to: CChar.self), UInt32(data.count))
         let status = uv_write(request, stream, &buffer, 1) { request, _ in
+            let stream = request!.pointee.handle!
             free(request!.pointee.data)
             request!.deallocate()
+            guard let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(stream).assumingMemoryBound(to: uv_handle_t.self))
+                    as? PipeConnection
+            else { return }
+            if owner.readingPaused && !owner.isClosed && owner.pendingWriteBytes <= owner.maxPendingWriteBytes / 2 {
+                owner.startReading()
+            }
         }
         if status != 0 {
             free(bytes)
+            request.deallocate()
+            close()
+        }
+    }
+
+    /// Stops reading and closes once what was written has gone out (a last error line).
+    func closeAfterWrites() {
+        guard !isClosed else { return }
+        uv_read_stop(stream)
+        let request = UnsafeMutablePointer<uv_shutdown_t>.allocate(capacity: 1)
+        let status = uv_shutdown(request, stream) { request, _ in
+            let stream = request!.pointee.handle!
+            request!.deallocate()
+            (LoopHandle.owner(of: UnsafeMutableRawPointer(stream).assumingMemoryBound(to: uv_handle_t.self)) as? PipeConnection)?.close()
+        }
+        if status != 0 {
             request.deallocate()
             close()
         }
