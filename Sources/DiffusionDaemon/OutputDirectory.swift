@@ -27,10 +27,10 @@ enum OutputDirectory {
             try RenderOutput.write(render, samples: render.sample, to: partial)
             try giveAway(directory: partial, to: owner)
         } catch {
+            // Checked before the partial files go, which frees the space again.
+            let full = (error as? DiffusionError)?.isDiskFull == true || isFull(parent)
             try? fm.removeItem(atPath: partial)
-            if let failure = error as? DiffusionError, failure.isDiskFull || isFull(parent) {
-                throw DiffusionError("no space left on device for \(directory)", errno: ENOSPC)
-            }
+            if full { throw DiffusionError("no space left on device for \(directory)", errno: ENOSPC) }
             throw error
         }
         try? fm.removeItem(atPath: directory)

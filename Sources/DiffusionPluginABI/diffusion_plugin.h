@@ -11,8 +11,12 @@
  *  - Every struct starts with `abi_version` and `size`; structs only ever grow
  *    at the end, so a newer reader of an older struct checks `size` before it
  *    touches a field added later.
- *  - The host rejects a plugin whose ABI major differs from its own or whose
- *    minor is newer. A plugin may refuse a host in the same way (return NULL).
+ *  - The host rejects a struct whose ABI major differs from its own or whose
+ *    minor is newer, or whose `size` is smaller than its minor defines; it
+ *    never reads a field past `size`. A plugin may refuse a host in the same
+ *    way (return NULL).
+ *  - Every function slot is required unless its comment says it may be NULL;
+ *    the host refuses a component with a required slot NULL, naming the slot.
  *  - Strings and tables a plugin returns stay valid for the life of the process:
  *    the host never calls dlclose.
  *  - A component instance is created per job and called from one thread at a
@@ -188,7 +192,7 @@ typedef struct dfn_guidance {
     /* The DFN_NEEDS_* evaluations `combine` reads. */
     uint32_t (*needs)(void *instance);
     int (*combine)(void *instance, const dfn_guidance_inputs *inputs, float *guided, char *error, size_t error_size);
-    /* State for resuming, as dfn_sampler's; NULL for a method without state. */
+    /* State for resuming, as dfn_sampler's; both NULL for a method without state. */
     int64_t (*save_state)(void *instance, void *blob, int64_t capacity);
     int (*restore_state)(void *instance, const void *blob, int64_t size, char *error, size_t error_size);
 } dfn_guidance;

@@ -39,7 +39,7 @@ public enum RenderOutput {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
         }
         guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
-            throw DiffusionError("cannot write \(directory)/job.json")
+            throw DiffusionError.system("cannot write \(directory)/job.json")
         }
     }
 
@@ -90,6 +90,10 @@ public enum PNGFile {
         var error = [CChar](repeating: 0, count: 512)
         let status = dfn_png_write(path, pixels, UInt32(width), UInt32(height), Int32(channels), &keyPointers,
                                    &valuePointers, Int32(keys.count), &error, error.count)
-        guard status == 0 else { throw DiffusionError(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self)) }
+        // errno is still the failing call's (fopen, fwrite): a full disk is known by its number.
+        let code = errno
+        guard status == 0 else {
+            throw DiffusionError(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self), errno: code)
+        }
     }
 }

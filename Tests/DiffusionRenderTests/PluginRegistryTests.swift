@@ -1,4 +1,4 @@
-import DiffusionRender
+@testable import DiffusionRender
 import Foundation
 import Testing
 
@@ -69,8 +69,38 @@ import Testing
         #expect(!registry.problems.contains { $0.contains("unrelated") })
     }
 
-    @Test func refusesAFileOwnedByAnotherUser() throws {
-        guard geteuid() == 0 else { return }  // only root can give a file away
+    /// A directory others may write is not scanned; a link is not followed; a
+    /// directory reached through two names loads once.
+    @Test func directoriesAndLinksAreCheckedToo() throws {
+        let directory = try TestSupport.temporaryDirectory()
+        try compile("libdiffusion-plugin-one.so", in: directory, schedule: "one")
+        #expect(symlink("\(directory)/libdiffusion-plugin-one.so", "\(directory)/libdiffusion-plugin-link.so") == 0)
+        #expect(symlink(directory, "\(directory)-alias") == 0)
+        defer { unlink("\(directory)-alias") }
+        let twice = PluginRegistry(directories: [directory, "\(directory)-alias"])
+        #expect(twice.libraries.count == 1 && Set(twice.schedules.keys) == ["one"])
+        #expect(twice.problems.count == 1 && twice.problems[0].contains("libdiffusion-plugin-link.so not loaded: a symbolic link"),
+                "\(twice.problems)")
+        chmod(directory, 0o777)
+        let open = PluginRegistry(directories: [directory])
+        #expect(open.libraries.isEmpty && open.problems == ["plugin \(directory) not loaded: it is world-writable"])
+    }
+
+    /// The size rule as the header states it, on a host of minor 1 whose struct
+    /// grew from 100 to 120 bytes: an older-minor plugin's smaller struct loads.
+    @Test func anOlderMinorsSmallerStructIsRead() {
+        let host = UInt32(1 << 16 | 1), sizes = [100, 120]
+        #expect(PluginRegistry.versionProblem(1 << 16, 100, sizes: sizes, host: host) == nil)
+        #expect(PluginRegistry.versionProblem(1 << 16 | 1, 120, sizes: sizes, host: host) == nil)
+        #expect(PluginRegistry.versionProblem(1 << 16 | 1, 100, sizes: sizes, host: host)
+                == "its struct is 100 bytes, smaller than the 120 that ABI 1.1 defines")
+        #expect(PluginRegistry.versionProblem(1 << 16 | 2, 140, sizes: sizes, host: host)
+                == "built for plugin ABI 1.2, this host speaks 1.1")
+        #expect(PluginRegistry.versionProblem(1 << 16, 96, sizes: sizes, host: host) != nil)
+    }
+
+    @Test(.enabled(if: geteuid() == 0, "only root can give a file away"))
+    func refusesAFileOwnedByAnotherUser() throws {
         let directory = try TestSupport.temporaryDirectory()
         try compile("libdiffusion-plugin-foreign.so", in: directory)
         #expect(chown("\(directory)/libdiffusion-plugin-foreign.so", 4242, 4242) == 0)
