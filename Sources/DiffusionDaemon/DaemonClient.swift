@@ -1,3 +1,4 @@
+import DiffusionRender
 import Foundation
 
 /// A blocking client of the daemon's socket, for diffctl, tests and benchmarks:
@@ -7,6 +8,9 @@ public final class DaemonClient {
         public let message: String
         public var description: String { message }
     }
+
+    /// The version diffctl and the daemon report (`--version`, `ping`).
+    public static var programVersion: String { RenderOutput.programVersion }
 
     private let fd: Int32
     private var buffer: [UInt8] = []

@@ -10,6 +10,7 @@ struct Diffctl: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Queue and follow renders of a running diffusiond.",
         discussion: "Global options go before the verb: diffctl [--socket PATH] VERB ... ($DIFFUSIOND_SOCKET also names the socket).",
+        version: DaemonClient.programVersion,
         subcommands: [Submit.self, List.self, Show.self, Watch.self, Cancel.self, Hold.self, Release.self, Retry.self,
                       Priority.self, Plugins.self, Models.self, Stats.self, Ping.self])
 

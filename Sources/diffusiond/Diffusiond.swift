@@ -11,6 +11,7 @@ struct Diffusiond: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A batch render daemon for diffusion models on CPUs.",
         discussion: "Without a subcommand, runs the daemon in the foreground (docs/protocol.md, etc/diffusiond.toml).",
+        version: RenderOutput.programVersion,
         subcommands: [Serve.self, CheckConfig.self, RenderJob.self], defaultSubcommand: Serve.self)
 }
 

@@ -105,7 +105,14 @@ final class DaemonProcess {
 
     func client() throws -> DaemonClient { try DaemonClient(socketPath: socket) }
 
-    func call(_ request: [String: Any]) throws -> [String: Any] { try client().call(request) }
+    /// One request on a fresh connection; a failure carries the end of the daemon's log.
+    func call(_ request: [String: Any]) throws -> [String: Any] {
+        do {
+            return try client().call(request)
+        } catch {
+            throw DiffusionError("\(error); the daemon's log ends: \(log.suffix(3000))")
+        }
+    }
 
     /// Runs diffctl with `--socket`, optionally as another user (through setpriv).
     func diffctl(_ arguments: [String], asUID uid: Int? = nil) throws -> Outcome {
