@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test bench soak demo install tools-python fixtures clean
+.PHONY: all deps build test bench soak fuzz sanitize demo install tools-python fixtures clean
 
 all: build
 
@@ -37,6 +37,29 @@ bench: build
 # kill -9 the daemon 50 times while it renders 20 jobs; reports what it found.
 soak: build
 	.build/release/diffusion-bench --soak 50
+
+# Every parser a user reaches (job JSON, TOML, safetensors, npy, socket framing,
+# PNG, checkpoints) under libFuzzer with AddressSanitizer, each from its seed
+# corpus in Tests/Fuzz for FUZZ_RUNS executions or FUZZ_SECONDS, whichever
+# comes first; prints executions and crashes per target (tools/fuzz.sh).
+FUZZ_RUNS ?= 1000000
+FUZZ_SECONDS ?= 300
+FUZZ_RUNTIME = $(firstword $(wildcard $(dir $(realpath $(shell command -v swiftc)))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a))
+fuzz: deps
+	@test -n "$(FUZZ_RUNTIME)" || { echo "no libclang_rt.fuzzer_no_main in the Swift toolchain"; exit 1; }
+	swift build -c release --product diffusion-fuzz --scratch-path .build-fuzz --sanitize=address \
+	  -Xswiftc -sanitize-coverage=edge,trace-cmp,inline-8bit-counters,pc-table -Xcc -fsanitize=fuzzer-no-link \
+	  -Xswiftc -use-ld=lld -Xlinker -u -Xlinker LLVMFuzzerRunDriver \
+	  -Xlinker --export-dynamic-symbol=LLVMFuzzerRunDriver -Xlinker $(FUZZ_RUNTIME) -Xlinker -lstdc++
+	sh tools/fuzz.sh .build-fuzz/release/diffusion-fuzz $(FUZZ_RUNS) $(FUZZ_SECONDS)
+
+# The daemon's test suite (real processes) under ThreadSanitizer, then under
+# AddressSanitizer, each in a build folder of its own. The runtimes are linked
+# into the executables; --export-dynamic lets the plugins they dlopen use them.
+sanitize: deps
+	for s in thread address; do \
+	  swift build --build-tests --sanitize=$$s --scratch-path .build-$$s -Xlinker --export-dynamic && \
+	  swift test --skip-build --sanitize=$$s --scratch-path .build-$$s --filter DiffusionDaemonTests || exit 1; done
 
 # Binaries, plugins, the default model, the configuration (kept if present) and
 # the systemd units, under PREFIX (paths in the units follow it), and the

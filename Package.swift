@@ -14,6 +14,7 @@ let package = Package(
         .executable(name: "diffusiond", targets: ["diffusiond"]),
         .executable(name: "diffctl", targets: ["diffctl"]),
         .executable(name: "diffusion-bench", targets: ["diffusion-bench"]),
+        .executable(name: "diffusion-fuzz", targets: ["diffusion-fuzz"]),
         // Plugins: libdiffusion-plugin-NAME.so, loaded by the host with dlopen.
         .library(name: "diffusion-plugin-schedules", type: .dynamic, targets: ["SchedulesPlugin"]),
         .library(name: "diffusion-plugin-sigmoid-schedule", type: .dynamic, targets: ["SigmoidSchedulePlugin"]),
@@ -55,7 +56,7 @@ let package = Package(
 
         // The daemon: libuv loop, spool, socket protocol, SQLite queue, render worker; and its client.
         .target(name: "DiffusionDaemon", dependencies: [
-            "DiffusionRender", "CUV", "CSQLite", "CSocket", .product(name: "Logging", package: "swift-log"),
+            "DiffusionRender", "CUV", "CSQLite", "CSocket", "CPNG", .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(
@@ -65,6 +66,8 @@ let package = Package(
             name: "diffctl",
             dependencies: ["DiffusionDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
         .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionDaemon"], swiftSettings: nativeCode),
+        // The parsers under libFuzzer (`make fuzz`), or a corpus replayed once.
+        .executableTarget(name: "diffusion-fuzz", dependencies: ["DiffusionDaemon"]),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),

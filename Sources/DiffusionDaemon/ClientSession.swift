@@ -10,18 +10,16 @@ final class ClientSession {
     let connection: PipeConnection
     let uid: uid_t
     let pid: pid_t
-    private var buffer: [UInt8] = []
-    private var discarding = false
-    private let maxFrameBytes: Int
+    private var framer: LineFramer
     /// Jobs this client watches.
     var watching: Set<Int> = []
     /// When the client last sent anything (the loop's clock, ms), for the idle timeout.
     var lastActivity: UInt64 = 0
     /// Bytes of an unfinished line held for this client (counted against the daemon's total).
-    var bufferedBytes: Int { buffer.count }
+    var bufferedBytes: Int { framer.bufferedBytes }
 
     /// Forgets the unfinished line (the connection is being cut off).
-    func dropBuffer() { buffer = [] }
+    func dropBuffer() { framer.reset() }
 
     /// Progress events are skipped for a client this far behind (end events never are).
     static let slowClientBytes = 1 << 20
@@ -32,34 +30,13 @@ final class ClientSession {
         self.connection = connection
         self.uid = uid
         self.pid = pid
-        self.maxFrameBytes = maxFrameBytes
+        framer = LineFramer(maxLineBytes: maxFrameBytes)
     }
 
     /// Splits `bytes` into lines and hands each complete one to `handle`;
     /// `oversize` is called once for each line over the limit.
     func feed(_ bytes: UnsafeRawBufferPointer, handle: (Data) -> Void, oversize: () -> Void) {
-        var start = 0
-        for (index, byte) in bytes.enumerated() where byte == UInt8(ascii: "\n") {
-            if discarding {
-                discarding = false
-            } else if buffer.count + index - start > maxFrameBytes {
-                buffer.removeAll(keepingCapacity: true)
-                oversize()
-            } else {
-                buffer.append(contentsOf: bytes[start..<index])
-                let line = Data(buffer)
-                buffer.removeAll(keepingCapacity: true)
-                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { handle(line) }
-            }
-            start = index + 1
-        }
-        guard !discarding else { return }
-        buffer.append(contentsOf: bytes[start...])
-        if buffer.count > maxFrameBytes {
-            buffer.removeAll()
-            discarding = true
-            oversize()
-        }
+        framer.feed(bytes, handle: handle, oversize: oversize)
     }
 
     func send(_ object: [String: Any]) {
@@ -75,4 +52,48 @@ final class ClientSession {
     }
 
     var isBehind: Bool { connection.pendingWriteBytes > Self.slowClientBytes }
+}
+
+/// JSON Lines framing: bytes in, complete lines out. A line longer than
+/// `maxLineBytes` is reported once and skipped up to its newline, so the
+/// stream stays usable; blank lines are skipped.
+public struct LineFramer {
+    private var buffer: [UInt8] = []
+    private var discarding = false
+    public let maxLineBytes: Int
+
+    public init(maxLineBytes: Int) { self.maxLineBytes = maxLineBytes }
+
+    /// Bytes of the unfinished line held.
+    public var bufferedBytes: Int { buffer.count }
+
+    public mutating func reset() {
+        buffer = []
+        discarding = false
+    }
+
+    public mutating func feed(_ bytes: UnsafeRawBufferPointer, handle: (Data) -> Void, oversize: () -> Void) {
+        var start = 0
+        for (index, byte) in bytes.enumerated() where byte == UInt8(ascii: "\n") {
+            if discarding {
+                discarding = false
+            } else if buffer.count + index - start > maxLineBytes {
+                buffer.removeAll(keepingCapacity: true)
+                oversize()
+            } else {
+                buffer.append(contentsOf: bytes[start..<index])
+                let line = Data(buffer)
+                buffer.removeAll(keepingCapacity: true)
+                if !line.allSatisfy({ $0 == 0x20 || $0 == 0x0D || $0 == 0x09 }) { handle(line) }
+            }
+            start = index + 1
+        }
+        guard !discarding else { return }
+        buffer.append(contentsOf: bytes[start...])
+        if buffer.count > maxLineBytes {
+            buffer.removeAll()
+            discarding = true
+            oversize()
+        }
+    }
 }

@@ -50,6 +50,11 @@ public struct DaemonConfig: Sendable {
     /// Reads `path`; a missing file is an error (the defaults need no file).
     public init(path: String) throws {
         guard let data = FileManager.default.contents(atPath: path) else { throw DiffusionError("\(path): cannot read the file") }
+        try self.init(contents: data, path: path)
+    }
+
+    /// A configuration file's bytes, as read from `path` (errors name it).
+    public init(contents data: Data, path: String) throws {
         let base = URL(fileURLWithPath: path).standardized.deletingLastPathComponent().path
         let document: TOMLDocument
         do {
