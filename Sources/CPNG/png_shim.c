@@ -30,7 +30,7 @@ static int fail_errno(char *error, size_t error_size, const char *what, const ch
 
 int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint32_t height,
                   int channels, const char *const *text_keys, const char *const *text_values,
-                  int text_count, char *error, size_t error_size) {
+                  int text_count, int itxt_count, char *error, size_t error_size) {
     static const int color_types[5] = {-1, PNG_COLOR_TYPE_GRAY, PNG_COLOR_TYPE_GRAY_ALPHA, PNG_COLOR_TYPE_RGB,
                                        PNG_COLOR_TYPE_RGB_ALPHA};
     if (channels < 1 || channels > 4) {
@@ -64,7 +64,7 @@ int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint3
         texts = calloc((size_t)text_count, sizeof(png_text));
         if (texts == NULL) png_error(png, "out of memory");
         for (int i = 0; i < text_count; i++) {
-            texts[i].compression = PNG_ITXT_COMPRESSION_NONE; /* UTF-8 iTXt */
+            texts[i].compression = i < itxt_count ? PNG_ITXT_COMPRESSION_NONE : PNG_TEXT_COMPRESSION_NONE;
             texts[i].key = (png_charp)text_keys[i];
             texts[i].text = (png_charp)text_values[i];
         }

@@ -31,7 +31,8 @@ public enum RenderOutput {
                 try PNGFile.write(path: String(format: "%@/image-%04d.png", directory, image),
                                   pixels: pixels(samples, images: image..<(image + 1), columns: 1),
                                   width: width, height: height, channels: channels,
-                                  text: ["diffusiond": try json(text)])
+                                  text: ["diffusiond": try json(text)],
+                                  latinText: ["parameters": parameters(render, image: image)])
             }
             try writeGrid(samples, columns: render.job.gridColumns, to: "\(directory)/grid.png")
         }
@@ -51,6 +52,27 @@ public enum RenderOutput {
         let rows = (count + columns - 1) / columns
         try PNGFile.write(path: path, pixels: pixels(samples, images: 0..<count, columns: columns),
                           width: width * columns, height: height * rows, channels: channels, text: [:])
+    }
+
+    /// Image `image`'s generation parameters as AUTOMATIC1111 writes them, so the
+    /// tools people read them with show them: "Steps: 50, Sampler: DDIM, CFG
+    /// scale: 3.0, Seed: 123, Size: 28x28, Model hash: 0123456789, Model: NAME"
+    /// (the guidance as "CFG scale" or "Classifier scale", the label as "Class";
+    /// the hash is the first ten digits of the model's content hash).
+    static func parameters(_ render: Render, image: Int) -> String {
+        let job = render.job
+        let shape = render.model.description.sampleShape
+        var fields = ["Steps: \(render.timesteps.count)", "Sampler: \(render.plan.samplerName.uppercased())"]
+        if let guidance = job.guidance {
+            // A scale neither the job nor the model gives is the plugins' default, 1.
+            let scale = render.plan.guidanceOptions["scale"] as? NSNumber
+            let name = guidance.kind == "cfg" ? "CFG scale" : "\(guidance.kind.prefix(1).uppercased())\(guidance.kind.dropFirst()) scale"
+            fields.append("\(name): \(scale.map { String(format: "%.1f", $0.doubleValue) } ?? "1.0")")
+        }
+        if let classes = job.classes { fields.append("Class: \(classes[image])") }
+        let hash = render.model.contentHash.split(separator: ":").last.map { String($0.prefix(10)) } ?? ""
+        fields += ["Seed: \(render.seeds[image])", "Size: \(shape[2])x\(shape[1])", "Model hash: \(hash)", "Model: \(job.model)"]
+        return fields.joined(separator: ", ")
     }
 
     static func json(_ object: Any) throws -> String {
@@ -79,17 +101,18 @@ public enum RenderOutput {
 
 /// PNG files through the CPNG shim.
 public enum PNGFile {
+    /// `text` goes into iTXt chunks (UTF-8), `latinText` into tEXt chunks.
     public static func write(path: String, pixels: [UInt8], width: Int, height: Int, channels: Int,
-                             text: [String: String]) throws
+                             text: [String: String], latinText: [String: String] = [:]) throws
     {
-        let keys = text.keys.sorted()
-        let cKeys = keys.map { strdup($0)! }, cValues = keys.map { strdup(text[$0]!)! }
+        let entries = text.sorted { $0.key < $1.key } + latinText.sorted { $0.key < $1.key }
+        let cKeys = entries.map { strdup($0.key)! }, cValues = entries.map { strdup($0.value)! }
         defer { (cKeys + cValues).forEach { free($0) } }
         var keyPointers: [UnsafePointer<CChar>?] = cKeys.map { UnsafePointer($0) }
         var valuePointers: [UnsafePointer<CChar>?] = cValues.map { UnsafePointer($0) }
         var error = [CChar](repeating: 0, count: 512)
         let status = dfn_png_write(path, pixels, UInt32(width), UInt32(height), Int32(channels), &keyPointers,
-                                   &valuePointers, Int32(keys.count), &error, error.count)
+                                   &valuePointers, Int32(entries.count), Int32(text.count), &error, error.count)
         // errno is still the failing call's (fopen, fwrite): a full disk is known by its number.
         let code = errno
         guard status == 0 else {

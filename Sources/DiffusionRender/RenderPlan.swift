@@ -23,6 +23,8 @@ public final class RenderPlan: @unchecked Sendable {
     public let timesteps: [Int32]
     let sampler: Sampler
     let guidance: Guidance?
+    /// The guidance options in force: the job's over the model's defaults.
+    public let guidanceOptions: [String: Any]
     /// The decoded `init_noise`, when the job has one.
     let initNoise: Tensor?
 
@@ -76,6 +78,7 @@ public final class RenderPlan: @unchecked Sendable {
         if let request = job.guidance {
             var defaults: [String: Any] = [:]
             if request.kind == "cfg", let scale = model.recommendedGuidanceScale { defaults["scale"] = scale }
+            self.guidanceOptions = defaults.merging(request.options.mapValues(\.foundation)) { $1 }
             let guidanceOptions = ComponentOptions(modelConfig: defaults, overrides: request.options.mapValues(\.foundation))
             let made = try Guidance(name: request.kind, registry: registry, options: guidanceOptions)
             if let unread = guidanceOptions.unreadOverrides.first {
@@ -97,6 +100,7 @@ public final class RenderPlan: @unchecked Sendable {
             guidance = made
         } else {
             guidance = nil
+            guidanceOptions = [:]
         }
 
         // The model's labels; an unconditional model guided by a classifier takes

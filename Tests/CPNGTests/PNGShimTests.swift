@@ -15,7 +15,7 @@ import Testing
         defer { (keys + values).forEach { free($0) } }
         var keyPointers: [UnsafePointer<CChar>?] = keys.map { UnsafePointer($0) }
         var valuePointers: [UnsafePointer<CChar>?] = values.map { UnsafePointer($0) }
-        let status = dfn_png_write(path, pixels, width, height, channels, &keyPointers, &valuePointers, 2, &error, 256)
+        let status = dfn_png_write(path, pixels, width, height, channels, &keyPointers, &valuePointers, 2, 1, &error, 256)
         return (status, String(cString: error))
     }
 
@@ -34,7 +34,8 @@ import Testing
         #expect(dfn_png_read(path, &back, back.count, &w, &h, &c, &error, 256) == 0)
         #expect(back == pixels)
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
-        #expect(bytes.range(of: Data("iTXtParameters\0\0\0\0\0seed 1".utf8)) != nil)
+        #expect(bytes.range(of: Data("tEXtParameters\0seed 1".utf8)) != nil)
+        #expect(bytes.range(of: Data("iTXtSoftware\0\0\0\0\0diffusiond test".utf8)) != nil)
     }
 
     @Test func errorsComeBackAsMessages() {

@@ -26,6 +26,9 @@ import Testing
         #expect(outputs == ["grid.png", "image-0000.png", "image-0001.png", "image-0002.png", "job.json"])
         #expect((done["outputs"] as? [String])?.allSatisfy { $0.hasPrefix("\(daemon.state)/outputs/\(id)/") } == true)
         #expect((done["finished_at"] as? String)?.hasSuffix("Z") == true)
+        let png = try Data(contentsOf: URL(fileURLWithPath: "\(daemon.state)/outputs/\(id)/image-0000.png"))
+        #expect(png.range(of: Data("tEXtparameters\0Steps: 4, Sampler: DDIM, CFG scale: 3.0, Class: 1, Seed: ".utf8)) != nil)
+        #expect(png.range(of: Data(", Size: 28x28, Model hash: ".utf8)) != nil && png.range(of: Data(", Model: fashion-mnist".utf8)) != nil)
 
         // The same job through the spool, written by hand the documented way.
         try daemon.drop("by-hand.json", #"{"model": "fashion-mnist", "steps": 4, "count": 3, "class": 1, "seed": 9, "sampler": "ddim", "guidance": {"kind": "cfg", "scale": 3}}"#)

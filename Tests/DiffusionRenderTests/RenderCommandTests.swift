@@ -53,6 +53,10 @@ import Testing
         let png = try Data(contentsOf: URL(fileURLWithPath: "\(directory)/out/image-0001.png"))
         #expect(png.range(of: Data("iTXtdiffusiond".utf8)) != nil)
         #expect(png.range(of: Data("\"seed\":\(seeds[1])".utf8)) != nil)
+        // AUTOMATIC1111's "parameters" text, which the tools people use read.
+        let parameters = "tEXtparameters\0Steps: 30, Sampler: DDPM, Class: 1, Seed: \(seeds[1]), Size: 2x1, Model hash: "
+        #expect(png.range(of: Data(parameters.utf8)) != nil, "\(String(decoding: png, as: UTF8.self))")
+        #expect(png.range(of: Data(", Model: ./gmm".utf8)) != nil)
         var (w, h, c) = (UInt32(0), UInt32(0), Int32(0))
         var error = [CChar](repeating: 0, count: 128)
         #expect(dfn_png_read("\(directory)/out/grid.png", nil, 0, &w, &h, &c, &error, 128) == 0)
