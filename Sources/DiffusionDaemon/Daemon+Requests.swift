@@ -31,7 +31,12 @@ extension Daemon {
                     let plan = try plan(try Job(json: data, source: "job"), label: "job")
                     return reply(session, tag: tag, ["plan": plan.resolvedJob])
                 }
-                let record = try admit(data, owner: Owner(uid: Int(session.uid)), source: "socket")
+                var record = try admit(data, owner: Owner(uid: Int(session.uid)), source: "socket")
+                if request["hold"] as? Bool == true {
+                    // Held before the loop can dispatch it: nothing runs in between.
+                    try store.transition(record.id, from: [.queued], to: .held, reason: "held at submit by \(record.ownerName)")
+                    record = try store.record(record.id) ?? record
+                }
                 log.info("job \(record.id) submitted by \(record.ownerName)")
                 reply(session, tag: tag, ["job": jobObject(record)])
                 dispatch()

@@ -38,9 +38,12 @@ public final class DaemonClient {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         guard status == 0 else {
-            let reason = String(cString: strerror(errno))
+            let code = errno
             close(fd)
-            throw NoDaemon(message: "no daemon at \(socketPath): \(reason)")
+            if code == EACCES {
+                throw NoDaemon(message: "permission denied on \(socketPath): only members of the socket's group (diffusiond) may talk to the daemon; ask an operator to add you (docs/protocol.md)")
+            }
+            throw NoDaemon(message: "no daemon at \(socketPath): \(String(cString: strerror(code)))")
         }
     }
 

@@ -11,7 +11,7 @@ struct Diffctl: ParsableCommand {
         abstract: "Queue and follow renders of a running diffusiond.",
         discussion: "Global options go before the verb: diffctl [--socket PATH] VERB ... ($DIFFUSIOND_SOCKET also names the socket).",
         version: DaemonClient.programVersion,
-        subcommands: [Submit.self, List.self, Show.self, Watch.self, Cancel.self, Hold.self, Release.self, Retry.self,
+        subcommands: [Submit.self, List.self, Show.self, Watch.self, Wait.self, Cancel.self, Hold.self, Release.self, Retry.self,
                       Priority.self, Plugins.self, Models.self, Stats.self, Ping.self])
 
     @OptionGroup var global: Global
@@ -98,6 +98,8 @@ struct Submit: ParsableCommand {
     @Flag(help: "Follow the job until it ends, as `diffctl watch` does.") var watch = false
     @Flag(help: "Check the job as the daemon would queue it and print it resolved; queue nothing.")
     var dryRun = false
+    @Flag(help: "Queue the job held: it starts only after `diffctl release`.") var hold = false
+    @Flag(name: .shortAndLong, help: "Print only the job's id.") var quiet = false
 
     func run() throws {
         var job: [String: Any] = [:]
@@ -133,9 +135,13 @@ struct Submit: ParsableCommand {
             printJSON(try call(global, ["verb": "submit", "job": job, "dry_run": true])["plan"] ?? [:])
             return
         }
-        let reply = try call(global, ["verb": "submit", "job": job])
+        let reply = try call(global, ["verb": "submit", "job": job, "hold": hold])
         let record = reply["job"] as? [String: Any] ?? [:]
-        if watch {
+        if quiet {
+            print(record["id"] ?? "?")
+            fflush(nil)
+            if watch { try Watch.follow(global, id: "\(record["id"] ?? "")", quiet: true) }
+        } else if watch {
             if !global.json {
                 print("job \(record["id"] ?? "?") queued")
                 fflush(nil)
@@ -144,7 +150,30 @@ struct Submit: ParsableCommand {
         } else if global.json {
             printJSON(record)
         } else {
-            print("job \(record["id"] ?? "?") queued; outputs will be in \(record["output_dir"] ?? "?")")
+            print("job \(record["id"] ?? "?") \(hold ? "held" : "queued"); outputs will be in \(record["output_dir"] ?? "?")")
+        }
+    }
+}
+
+struct Wait: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait until every job given has ended. Exits 0 when all succeeded, 1 when any did not.")
+
+    @OptionGroup var global: Global
+    @Argument(help: "Job ids.") var ids: [String]
+
+    func run() throws {
+        var failed: [String] = []
+        for id in ids {
+            do {
+                try Watch.follow(global, id: id, quiet: true)
+            } catch let exit as ExitCode where exit.rawValue == 3 || exit.rawValue == 4 {
+                failed.append(id)
+            }
+        }
+        if !failed.isEmpty {
+            if !global.json { FileHandle.standardError.write(Data("diffctl: job(s) \(failed.joined(separator: ", ")) did not succeed\n".utf8)) }
+            throw ExitCode(1)
         }
     }
 }
@@ -200,12 +229,16 @@ struct Watch: ParsableCommand {
 
     func run() throws { try Self.follow(global, id: job.id) }
 
-    static func follow(_ global: Global, id: String) throws {
+    /// Follows job `id` to its end, exiting as `watch` documents. On a terminal
+    /// one line is redrawn; elsewhere (a log, a pipe) a line is written at each
+    /// state change and each tenth of the steps.
+    static func follow(_ global: Global, id: String, quiet: Bool = false) throws {
         let client = try connect(global)
         do {
             try client.send(["verb": "watch", "id": id])
             let tty = isatty(STDERR_FILENO) == 1
             var lastLine = ""
+            var lastMark = ""
             while true {
                 let event = try client.receive()
                 guard event["ok"] as? Bool == true else {
@@ -217,17 +250,28 @@ struct Watch: ParsableCommand {
                     let data = (try? JSONSerialization.data(withJSONObject: event, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data()
                     print(String(decoding: data, as: UTF8.self))
                     fflush(nil)
-                } else {
+                } else if !quiet {
                     let line = progressLine(job)
+                    let progress = job["progress"] as? [String: Any] ?? [:]
+                    let tenth = (progress["step"] as? Int ?? 0) * 10 / max(progress["total"] as? Int ?? 1, 1)
+                    let mark = "\(job["state"] ?? "") \(tenth)"
                     if tty {
                         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
-                    } else if line != lastLine {
+                    } else if mark != lastMark && line != lastLine {
                         FileHandle.standardError.write(Data("\(line)\n".utf8))
+                        lastMark = mark
                     }
                     lastLine = line
                 }
                 guard event["event"] as? String == "end" else { continue }
-                if tty && !global.json { FileHandle.standardError.write(Data("\n".utf8)) }
+                if tty && !global.json && !quiet { FileHandle.standardError.write(Data("\n".utf8)) }
+                if quiet {
+                    switch job["state"] as? String {
+                    case "succeeded": return
+                    case "canceled": throw ExitCode(4)
+                    default: throw ExitCode(3)
+                    }
+                }
                 switch job["state"] as? String {
                 case "succeeded":
                     if !global.json { print("job \(id) succeeded: \(job["output_dir"] ?? "")") }

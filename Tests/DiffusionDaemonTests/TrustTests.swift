@@ -235,3 +235,44 @@ import Testing
         }
     }
 }
+
+/// diffctl as scripts use it: held submits, ids alone, waiting on several jobs.
+@Suite(.serialized) struct DiffctlScriptingTests {
+    @Test func holdQuietAndWait() throws {
+        let daemon = try DaemonProcess()
+        let held = try daemon.diffctl(["submit", "--quiet", "--hold", "--model", "fashion-mnist", "--steps", "3", "--class", "2"])
+        #expect(held.status == 0, "\(held.stderr)")
+        let id = held.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(Int(id) != nil && held.stdout == "\(id)\n")
+        #expect(try daemon.job(id)["state"] as? String == "held")
+        let other = try daemon.submit(DaemonProcess.smallJob(steps: 3))
+        #expect(try daemon.diffctl(["release", id]).status == 0)
+        let waited = try daemon.diffctl(["wait", id, other])
+        #expect(waited.status == 0, "\(waited.stderr)")
+        #expect(try daemon.job(id)["state"] as? String == "succeeded" && daemon.job(other)["state"] as? String == "succeeded")
+
+        var diverging = DaemonProcess.smallJob(steps: 5)
+        diverging["sampler_options"] = ["trained_betas": Array(repeating: 0.5, count: 1000), "clip_sample": false]
+        let bad = try daemon.submit(diverging)
+        let failed = try daemon.diffctl(["wait", other, bad])
+        #expect(failed.status == 1 && failed.stderr == "diffctl: job(s) \(bad) did not succeed\n", "\(failed)")
+
+        // watch into a pipe: a line per tenth of the steps, not per step.
+        let long = try daemon.submit(DaemonProcess.smallJob(steps: 40))
+        let watched = try daemon.diffctl(["watch", long])
+        #expect(watched.status == 0)
+        let lines = watched.stderr.split(separator: "\n")
+        #expect(lines.count <= 13 && lines.count >= 5, "\(watched.stderr)")
+        #expect(daemon.stop() == 0)
+    }
+
+    @Test(.enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs root and setpriv"))
+    func aUserWithoutAccessIsToldWhy() throws {
+        let daemon = try DaemonProcess()
+        chmod(daemon.socket, 0o600)  // as if the user were not in the socket's group
+        let refused = try daemon.diffctl(["ping"], asUID: 65534)
+        #expect(refused.status == 2)
+        #expect(refused.stderr.contains("permission denied on \(daemon.socket): only members of the socket's group (diffusiond)"), "\(refused.stderr)")
+        #expect(daemon.stop() == 0)
+    }
+}
