@@ -433,6 +433,9 @@ public final class Daemon {
     }
 
     private func prune() {
+        for path in spool.clean(abandonedAfter: config.spoolTmpMaxAgeHours * 3600, rejectedAfter: config.keepDays * 86400) {
+            log.info("spool hygiene: removed \(path)")
+        }
         do {
             let pruned = try store.prune(keepJobs: config.keepJobs, keepDays: config.keepDays)
             for id in pruned { OutputDirectory.remove(outputs: config.outputs, id: id) }

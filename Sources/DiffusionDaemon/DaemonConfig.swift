@@ -36,6 +36,8 @@ public struct DaemonConfig: Sendable {
     public var previewEverySteps = 0
     public var keepJobs = 1000
     public var keepDays = 30.0
+    /// Hours after which an abandoned spool file (in tmp/, or unreadable in new/) is removed.
+    public var spoolTmpMaxAgeHours = 36.0
     public var modelCacheMB = 1024
     public var logLevel = Logger.Level.info
 
@@ -113,6 +115,7 @@ public struct DaemonConfig: Sendable {
             case "previews.every_steps": previewEverySteps = try integer(0...1_000_000)
             case "history.keep_jobs": keepJobs = try integer(0...100_000_000)
             case "history.keep_days": keepDays = try seconds()
+            case "spool.tmp_max_age_hours": spoolTmpMaxAgeHours = try seconds()
             case "models.cache_mb": modelCacheMB = try integer(0...1_000_000)
             case "log.level":
                 guard let level = Logger.Level(rawValue: try text()) else {

@@ -46,6 +46,28 @@ final class Spool {
         }
     }
 
+    /// Spool hygiene, as maildir readers do it: files left in `tmp/` (a writer
+    /// that died before its rename) and names in `new/` a scan never reads
+    /// (dotfiles, other endings) once older than `abandonedAfter` seconds, and
+    /// rejected files older than `rejectedAfter`. Returns what it removed.
+    func clean(abandonedAfter: Double, rejectedAfter: Double) -> [String] {
+        let now = Date().timeIntervalSince1970
+        let readable = Set(candidates())
+        var removed: [String] = []
+        for (directory, age, keep) in [(tmp, abandonedAfter, Set<String>()), (new, abandonedAfter, readable),
+                                       (rejected, rejectedAfter, Set<String>())] {
+            for name in (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? [] where !keep.contains(name) {
+                var info = stat()
+                let path = "\(directory)/\(name)"
+                guard lstat(path, &info) == 0, info.st_mode & S_IFMT != S_IFDIR,
+                      now - Double(info.st_mtim.tv_sec) > age, unlink(path) == 0
+                else { continue }
+                removed.append(path)
+            }
+        }
+        return removed
+    }
+
     /// Names in `new/` that a scan would read.
     func candidates() -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: new)) ?? []

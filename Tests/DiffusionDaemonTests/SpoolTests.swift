@@ -90,3 +90,25 @@ import Testing
         #expect(daemon.stop() == 0)
     }
 }
+
+/// Spool hygiene: abandoned and stale files go, with a log line; fresh ones stay.
+@Suite struct SpoolHygieneTests {
+    @Test func abandonedFilesAreRemovedWhenOld() throws {
+        let daemon = try DaemonProcess(extra: "[spool]\ntmp_max_age_hours = 1\n[history]\nkeep_days = 1", start: false)
+        try daemon.start()
+        daemon.stop()
+        let spool = "\(daemon.state)/spool"
+        let old = ["tmp/died.json", "new/.hidden.json", "new/job.json.tmp", "rejected/bad.json", "rejected/bad.error"]
+        let fresh = ["tmp/writing.json", "new/notes.txt", "rejected/recent.error"]
+        for name in old + fresh { FileManager.default.createFile(atPath: "\(spool)/\(name)", contents: Data("{}".utf8)) }
+        var times = [timespec(tv_sec: time(nil) - 2 * 86400, tv_nsec: 0), timespec(tv_sec: time(nil) - 2 * 86400, tv_nsec: 0)]
+        for name in old { #expect(utimensat(AT_FDCWD, "\(spool)/\(name)", &times, 0) == 0) }
+        try daemon.start()
+        for name in old {
+            #expect(!FileManager.default.fileExists(atPath: "\(spool)/\(name)"), "\(name) is still there")
+            #expect(daemon.log.contains("spool hygiene: removed \(spool)/\(name)"))
+        }
+        for name in fresh { #expect(FileManager.default.fileExists(atPath: "\(spool)/\(name)"), "\(name) was removed") }
+        #expect(daemon.stop() == 0)
+    }
+}
