@@ -405,6 +405,8 @@ public final class Daemon {
     /// SIGHUP: reread the configuration and rescan plugins. Jobs started from
     /// now on see the new settings; paths, threads and the log level need a restart.
     private func reload() {
+        notifier.reloading()
+        var problem: String?
         if let configPath {
             do {
                 let fresh = try DaemonConfig(path: configPath)
@@ -421,6 +423,7 @@ public final class Daemon {
                 kept.logLevel = config.logLevel
                 config = kept
             } catch {
+                problem = "\(error)"
                 log.error("reload: \(error); keeping the running configuration")
             }
         }
@@ -429,6 +432,7 @@ public final class Daemon {
         registry = plugins
         worker.reconfigure(registry: plugins, limits: config.limits)
         log.notice("reloaded: plugins \(plugins.libraries.map(\.name).joined(separator: ", "))")
+        notifier.send("READY=1\nSTATUS=\(problem.map { "reload failed, running the old configuration: \($0)" } ?? statusLine)")
         dispatch()
     }
 

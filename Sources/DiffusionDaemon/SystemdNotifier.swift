@@ -30,6 +30,13 @@ struct SystemdNotifier {
     func ready(status: String) { send("READY=1\nSTATUS=\(status)\nMAINPID=\(getpid())") }
     func status(_ status: String) { send("STATUS=\(status)") }
     func stopping() { send("STOPPING=1\nSTATUS=stopping") }
+    /// A reload begins (systemd.service(5) Type=notify-reload): with the
+    /// CLOCK_MONOTONIC time, so the manager can tell this reload from an older one.
+    func reloading() {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        send("RELOADING=1\nMONOTONIC_USEC=\(UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000)")
+    }
     func watchdog() { send("WATCHDOG=1") }
 
     /// The listening socket passed by socket activation, if any. The variables

@@ -57,12 +57,42 @@ import Testing
         #expect(ready.contains("MAINPID=\(daemon.process!.processIdentifier)"))
         let id = try daemon.submit(DaemonProcess.smallJob(steps: 3))
         try daemon.wait(for: id, state: "succeeded")
+        // systemctl reload: RELOADING=1 with the monotonic time, then READY=1; a
+        // bad file keeps the running configuration and says so in STATUS.
+        kill(daemon.process!.processIdentifier, SIGHUP)
+        #expect(received(within: 10) { all in
+            guard let reloading = all.firstIndex(where: { $0.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") }) else { return false }
+            return all[reloading...].contains { $0.hasPrefix("READY=1") }
+        })
+        let good = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
+        try (good + "\n[limits]\nmax_steps = \"many\"\n").write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
+        kill(daemon.process!.processIdentifier, SIGHUP)
+        #expect(received(within: 10) { $0.contains { $0.hasPrefix("READY=1\nSTATUS=reload failed, running the old configuration: ") && $0.contains("limits.max_steps must be") } })
         #expect(daemon.stop() == 0)
         #expect(received(within: 5) { $0.contains { $0.hasPrefix("STOPPING=1") } })
         reading.store(false, ordering: .relaxed)
         let all = messages.withLock { $0 }
         #expect(all.contains { $0.hasPrefix("STATUS=rendering job \(id)") })
         #expect(all.filter { $0 == "WATCHDOG=1" }.count >= 2)
+    }
+
+    /// Priority prefixes only for the journal (stderr is $JOURNAL_STREAM's file);
+    /// elsewhere, the time and level.
+    @Test func logLinesSuitWhereTheyGo() throws {
+        let plain = try DaemonProcess()
+        #expect(plain.stop() == 0)
+        let first = plain.log.split(separator: "\n").first.map(String.init) ?? ""
+        #expect(first.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (info|notice|debug): "#, options: .regularExpression) != nil, "\(first)")
+        #expect(!plain.log.contains("<6>"))
+
+        let journal = try DaemonProcess(start: false)
+        FileManager.default.createFile(atPath: journal.logPath, contents: nil)
+        var info = stat()
+        #expect(stat(journal.logPath, &info) == 0)
+        try journal.start(environment: ["JOURNAL_STREAM": "\(info.st_dev):\(info.st_ino)"])
+        #expect(journal.stop() == 0)
+        let lines = journal.log.split(separator: "\n")
+        #expect(!lines.isEmpty && lines.allSatisfy { $0.range(of: #"^<[2-7]>"#, options: .regularExpression) != nil }, "\(journal.log)")
     }
 
     @Test func adoptsTheSocketSystemdPasses() throws {
