@@ -12,7 +12,7 @@ extension Daemon {
     }
 
     static let verbs = ["submit", "list", "show", "watch", "cancel", "hold", "release", "retry", "priority", "plugins",
-                        "models", "stats", "ping"]
+                        "models", "stats", "metrics", "ping"]
 
     func handleRequest(_ line: Data, from session: ClientSession) {
         guard let object = try? JSONSerialization.jsonObject(with: line), let request = object as? [String: Any] else {
@@ -79,6 +79,8 @@ extension Daemon {
                 reply(session, tag: tag, ["models": modelsList()])
             case "stats":
                 reply(session, tag: tag, try statsObject())
+            case "metrics":
+                reply(session, tag: tag, ["text": try metricsText(.openMetrics)])
             default:
                 throw RequestError("unknown verb \"\(verb)\" (verbs: \(Self.verbs.joined(separator: ", ")))")
             }
@@ -277,12 +279,19 @@ extension Daemon {
         return models
     }
 
+    /// The metrics exposition, with the queue's counts read now.
+    func metricsText(_ format: Metrics.Format) throws -> String {
+        let counts = try store.countsByState()
+        return metrics.text(format, jobs: JobRecord.State.allCases.map { ($0.rawValue, counts[$0, default: 0]) },
+                            version: RenderOutput.programVersion)
+    }
+
     private func statsObject() throws -> [String: Any] {
         let counts = try store.countsByState()
         return [
             "jobs": Dictionary(uniqueKeysWithValues: JobRecord.State.allCases.map { ($0.rawValue, counts[$0, default: 0]) }),
             "running": running.keys.sorted().map(String.init),
-            "images_rendered": imagesRendered,
+            "images_rendered": metrics.imagesTotal,
             "uptime_seconds": Date().timeIntervalSince(startedAt),
             "clients": sessions.count,
             "watchers": watchers.values.reduce(0) { $0 + $1.count },

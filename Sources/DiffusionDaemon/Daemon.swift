@@ -39,7 +39,7 @@ public final class Daemon {
     var watchers: [Int: [ClientSession]] = [:]
     private var stopping = false
     let startedAt = Date()
-    var imagesRendered = 0
+    var metrics = Metrics()
     private var scanTimer: LoopTimer!
     private var scanPending = false
     private var backoffTimer: LoopTimer!
@@ -98,6 +98,10 @@ public final class Daemon {
         _ = try LoopDirectoryWatch(loop, path: spool.new) { [unowned self] in scanSoon() }
         LoopTimer(loop) { [unowned self] in scanSoon() }.start(after: 2000, repeatEvery: 2000)
         backoffTimer = LoopTimer(loop) { [unowned self] in dispatch() }
+        if let textfile = config.metricsTextfile {
+            let every = UInt64(config.metricsIntervalSeconds * 1000)
+            LoopTimer(loop) { [unowned self] in writeMetrics(to: textfile) }.start(after: 0, repeatEvery: max(every, 100))
+        }
         if config.idleSeconds > 0 {
             let every = UInt64(max(min(config.idleSeconds * 250, 10_000), 100))
             LoopTimer(loop) { [unowned self] in closeIdleSessions() }.start(after: every, repeatEvery: every)
@@ -179,6 +183,7 @@ public final class Daemon {
             previewEvery: job.previewEvery > 0 ? job.previewEvery : config.previewEverySteps,
             owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,
             control: RenderControl())
+        metrics.queueWaitSeconds.observe(max(JobStore.now() - record.createdAt, 0))
         running[record.id] = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps)
         worker.assign(assignment)
         log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
@@ -194,7 +199,7 @@ public final class Daemon {
                 log.error("the queue cannot be written: \(error)")
             }
             switch event {
-            case .progress, .resumed, .note: break
+            case .progress, .resumed, .note, .stepped: break
             default: ended = true
             }
         }
@@ -210,6 +215,8 @@ public final class Daemon {
             running[id]!.firstStep = step
             try store.appendNote(id, "resumed from the checkpoint at step \(step)")
             log.info("job \(id) resumed from its checkpoint at step \(step)")
+        case .stepped(let model, let jobs, let images, let seconds, let cacheBytes):
+            metrics.recordStep(model: model, jobs: jobs, images: images, seconds: seconds, cacheBytes: cacheBytes)
         case .note(let id, let message):
             try store.appendNote(id, message)
             log.notice("job \(id): \(message)")
@@ -221,7 +228,7 @@ public final class Daemon {
             publish(id, event: "progress")
         case .succeeded(let id, let images):
             try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s)")
-            imagesRendered += images
+            metrics.imagesTotal += images
             finishRunning(id)
         case .failed(let id, let error, let retryable):
             let state = try store.fail(id, error: error, retryable: retryable, backoffSeconds: config.retryBackoffSeconds)
@@ -279,6 +286,7 @@ public final class Daemon {
         }, refused: { name, reason in
             log.warning("spool file \(name) rejected: \(reason)")
             try? store.logEvent("rejected", "spool file \(name): \(reason)")
+            metrics.spoolRejectedTotal += 1
         })
         if queued { dispatch() }
     }
@@ -371,6 +379,19 @@ public final class Daemon {
             }
         }
         connection.startReading()
+    }
+
+    /// `[metrics] textfile`, replaced whole (written beside it, then renamed), as
+    /// node_exporter's textfile collector needs; a failure is logged, never fatal.
+    private func writeMetrics(to path: String) {
+        do {
+            let temporary = "\(path).\(getpid()).tmp"
+            try Data(try metricsText(.prometheus).utf8).write(to: URL(fileURLWithPath: temporary))
+            chmod(temporary, 0o644)
+            guard rename(temporary, path) == 0 else { throw DiffusionError.system("cannot rename \(temporary) to \(path)") }
+        } catch {
+            log.warning("metrics: \(error)")
+        }
     }
 
     /// Closes connections that sent nothing for `[limits] idle_seconds` and watch no job.

@@ -39,6 +39,9 @@ public struct DaemonConfig: Sendable {
     /// Hours after which an abandoned spool file (in tmp/, or unreadable in new/) is removed.
     public var spoolTmpMaxAgeHours = 36.0
     public var modelCacheMB = 1024
+    /// Where the metrics are written for node_exporter, and how often.
+    public var metricsTextfile: String?
+    public var metricsIntervalSeconds = 15.0
     public var logLevel = Logger.Level.info
 
     public var spool: String { spoolDirectory ?? "\(stateDirectory)/spool" }
@@ -117,6 +120,8 @@ public struct DaemonConfig: Sendable {
             case "history.keep_days": keepDays = try seconds()
             case "spool.tmp_max_age_hours": spoolTmpMaxAgeHours = try seconds()
             case "models.cache_mb": modelCacheMB = try integer(0...1_000_000)
+            case "metrics.textfile": metricsTextfile = resolve(try text())
+            case "metrics.interval_seconds": metricsIntervalSeconds = try seconds()
             case "log.level":
                 guard let level = Logger.Level(rawValue: try text()) else {
                     throw fail("one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")

@@ -36,6 +36,8 @@ enum WorkerEvent: Sendable {
     /// Something the job's events should record (and the log say).
     case note(id: Int, String)
     case progress(id: Int, step: Int, total: Int, preview: String?)
+    /// One batched model step, for the metrics.
+    case stepped(model: String, jobs: Int, images: Int, seconds: Double, cacheBytes: Int)
     case succeeded(id: Int, images: Int)
     case failed(id: Int, error: String, retryable: Bool)
     case canceled(id: Int)
@@ -200,12 +202,16 @@ final class RenderWorker: @unchecked Sendable {
 
     private func step(_ group: [Active], _ runtime: KernelRuntime) {
         let outcomes: [Error?]
+        let start = DispatchTime.now().uptimeNanoseconds
         do {
             outcomes = try RenderBatch.step(group.map(\.render), on: runtime)
         } catch {
             for active in group { fail(active, error) }
             return
         }
+        report(.stepped(model: group[0].assignment.job.model, jobs: group.count,
+                        images: group.reduce(0) { $0 + $1.render.job.count },
+                        seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9, cacheBytes: models.bytes))
         for (active, outcome) in zip(group, outcomes) {
             if let outcome { fail(active, outcome); continue }
             let (assignment, render) = (active.assignment, active.render)
@@ -283,6 +289,9 @@ final class ModelCache: @unchecked Sendable {
         self.capacityBytes = capacityBytes
     }
 
+    /// Weight bytes of the models held.
+    var bytes: Int { entries.values.reduce(0) { $0 + $1.bytes } }
+
     func model(named name: String) throws -> LoadedModel {
         clock += 1
         if let entry = entries[name] {
@@ -292,7 +301,7 @@ final class ModelCache: @unchecked Sendable {
         let model = try resolver.load(name, relativeTo: nil)
         let bytes = model.directory.map { Self.weightBytes($0.path) } ?? 0
         entries[name] = (model, bytes, clock)
-        while entries.values.reduce(0, { $0 + $1.bytes }) > capacityBytes, entries.count > 1,
+        while bytes > capacityBytes, entries.count > 1,
               let oldest = entries.filter({ $0.key != name }).min(by: { $0.value.used < $1.value.used })?.key
         {
             entries[oldest] = nil

@@ -12,7 +12,7 @@ struct Diffctl: ParsableCommand {
         discussion: "Global options go before the verb: diffctl [--socket PATH] VERB ... ($DIFFUSIOND_SOCKET also names the socket).",
         version: DaemonClient.programVersion,
         subcommands: [Submit.self, List.self, Show.self, Watch.self, Wait.self, Cancel.self, Hold.self, Release.self, Retry.self,
-                      Priority.self, Plugins.self, Models.self, Stats.self, Ping.self])
+                      Priority.self, Plugins.self, Models.self, Stats.self, MetricsCommand.self, Ping.self])
 
     @OptionGroup var global: Global
 }
@@ -153,6 +153,15 @@ struct Submit: ParsableCommand {
             print("job \(record["id"] ?? "?") \(hold ? "held" : "queued"); outputs will be in \(record["output_dir"] ?? "?")")
         }
     }
+}
+
+struct MetricsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "metrics", abstract: "Print the daemon's metrics (OpenMetrics text).")
+
+    @OptionGroup var global: Global
+
+    func run() throws { print(try call(global, ["verb": "metrics"])["text"] as? String ?? "", terminator: "") }
 }
 
 struct Wait: ParsableCommand {
