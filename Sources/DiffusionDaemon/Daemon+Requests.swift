@@ -12,7 +12,7 @@ extension Daemon {
     }
 
     static let verbs = ["submit", "list", "show", "watch", "cancel", "hold", "release", "retry", "priority", "plugins",
-                        "models", "stats", "metrics", "ping"]
+                        "models", "stats", "metrics", "pause", "resume", "drain", "ping"]
 
     func handleRequest(_ line: Data, from session: ClientSession) {
         guard let object = try? JSONSerialization.jsonObject(with: line), let request = object as? [String: Any] else {
@@ -57,6 +57,10 @@ extension Daemon {
                     watchers[record.id, default: []].append(session)
                     reply(session, tag: tag, ["event": "state", "job": jobObject(record)])
                 }
+            case _ where ["cancel", "hold", "release"].contains(verb) && request["all"] as? Bool == true:
+                try bulk(verb, request, by: session, tag: tag)
+            case "pause", "resume", "drain":
+                try queueControl(verb, by: session, tag: tag)
             case "cancel":
                 try cancel(try find(request), by: session, tag: tag)
             case "hold":
@@ -130,8 +134,8 @@ extension Daemon {
     }
 
     private func authorize(_ record: JobRecord, _ session: ClientSession) throws {
-        guard session.uid == 0 || Int(session.uid) == record.ownerUID else {
-            throw RequestError("job \(record.id) belongs to \(record.ownerName); only its owner or root may change it")
+        guard Int(session.uid) == record.ownerUID || isAdmin(session) else {
+            throw RequestError("job \(record.id) belongs to \(record.ownerName); only its owner, root or [access] admin_group may change it")
         }
     }
 
@@ -167,7 +171,7 @@ extension Daemon {
         publish(record.id, event: "end")
     }
 
-    private func list(_ request: [String: Any]) throws -> [JobRecord] {
+    func list(_ request: [String: Any]) throws -> [JobRecord] {
         var states: [JobRecord.State] = []
         if let raw = request["state"] {
             let names = (raw as? [String]) ?? (raw as? String).map { [$0] } ?? []

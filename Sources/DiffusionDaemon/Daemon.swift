@@ -37,6 +37,8 @@ public final class Daemon {
     var running: [Int: Running] = [:]
     var sessions: [ObjectIdentifier: ClientSession] = [:]
     var watchers: [Int: [ClientSession]] = [:]
+    /// Clients waiting for `drain` to find nothing running.
+    var drainWaiters: [(ClientSession, Any?)] = []
     private var stopping = false
     let startedAt = Date()
     var metrics = Metrics()
@@ -141,7 +143,7 @@ public final class Daemon {
     /// idle, and more while they share the running jobs' model and fit in
     /// `[render] batch_images` (one that does not waits, keeping the order).
     func dispatch() {
-        guard !stopping else { return }
+        guard !stopping, !isPaused else { return }
         do {
             while running.values.reduce(0, { $0 + $1.assignment.job.count }) < config.batchImages || running.isEmpty {
                 let now = JobStore.now()
@@ -254,6 +256,7 @@ public final class Daemon {
             }
         }
         publish(id, event: record?.state.isFinished == true ? "end" : "state")
+        answerDrains()
     }
 
     // MARK: Spool
@@ -299,6 +302,7 @@ public final class Daemon {
         let label = source.hasPrefix("spool ") ? String(source.dropFirst(6)) : "job"
         let job = try Job(json: data, source: label)
         _ = try plan(job, label: label)
+        try checkUserLimits(job, owner: owner, label: label)
         // A job without a seed gets one now, so that a retry or a resumed run
         // renders the same images.
         var stored = data
@@ -472,7 +476,7 @@ public final class Daemon {
 
     var statusLine: String {
         let counts = (try? store.countsByState()) ?? [:]
-        let doing = running.isEmpty ? "idle" : "rendering " + running.keys.sorted().map { "job \($0) (\(running[$0]!.step)/\(running[$0]!.total))" }.joined(separator: ", ")
+        let doing = running.isEmpty ? (isPaused ? "paused" : "idle") : (isPaused ? "paused, finishing " : "rendering ") + running.keys.sorted().map { "job \($0) (\(running[$0]!.step)/\(running[$0]!.total))" }.joined(separator: ", ")
         return "\(doing); \(counts[.queued, default: 0]) queued"
     }
 }

@@ -26,6 +26,11 @@ public struct DaemonConfig: Sendable {
     /// Unfinished request lines of all clients together.
     public var socketBufferBytes = 64 << 20
     public var connectionsPerUser = 256
+    /// Jobs (queued, held or running) and their images one user may have at once (0: no limit).
+    public var jobsPerUser = 0
+    public var imagesPerUser = 0
+    /// Members of this group may act on every user's jobs, as root may.
+    public var adminGroup: String?
     /// Seconds a connection that watches nothing may stay silent (0: forever).
     public var idleSeconds = 300.0
     public var maxAttempts = 3
@@ -111,6 +116,9 @@ public struct DaemonConfig: Sendable {
             case "limits.socket_buffer_bytes": socketBufferBytes = try integer(1024...(1 << 34))
             case "limits.connections_per_user": connectionsPerUser = try integer(1...100_000)
             case "limits.idle_seconds": idleSeconds = try seconds()
+            case "limits.jobs_per_user": jobsPerUser = try integer(0...100_000_000)
+            case "limits.images_per_user": imagesPerUser = try integer(0...100_000_000)
+            case "access.admin_group": adminGroup = try text()
             case "queue.max_attempts": maxAttempts = try integer(1...100)
             case "queue.retry_backoff_seconds": retryBackoffSeconds = try seconds()
             case "queue.poison_after_crashes": poisonAfterCrashes = try integer(0...100)

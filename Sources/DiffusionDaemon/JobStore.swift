@@ -426,6 +426,20 @@ struct Owner: Equatable {
         return result.pointee.pw_gid
     }
 
+    /// Whether user `uid` belongs to group `name` (as primary or supplementary group).
+    static func isMember(uid: Int, of name: String) -> Bool {
+        guard let user = userName(uid), let base = primaryGroup(uid_t(uid)) else { return false }
+        var entry = group()
+        var result: UnsafeMutablePointer<group>?
+        var buffer = [CChar](repeating: 0, count: 16384)
+        guard getgrnam_r(name, &entry, &buffer, buffer.count, &result) == 0, let result else { return false }
+        let wanted = result.pointee.gr_gid
+        var count: Int32 = 256
+        var groups = [gid_t](repeating: 0, count: Int(count))
+        guard getgrouplist(user, base, &groups, &count) >= 0 else { return false }
+        return groups.prefix(Int(count)).contains(wanted)
+    }
+
     static func userName(_ uid: Int) -> String? {
         var entry = passwd()
         var result: UnsafeMutablePointer<passwd>?

@@ -12,7 +12,7 @@ struct Diffctl: ParsableCommand {
         discussion: "Global options go before the verb: diffctl [--socket PATH] VERB ... ($DIFFUSIOND_SOCKET also names the socket).",
         version: DaemonClient.programVersion,
         subcommands: [Submit.self, List.self, Show.self, Watch.self, Wait.self, Cancel.self, Hold.self, Release.self, Retry.self,
-                      Priority.self, Plugins.self, Models.self, Stats.self, MetricsCommand.self, Ping.self])
+                      Priority.self, Plugins.self, Models.self, Stats.self, MetricsCommand.self, Pause.self, Resume.self, Drain.self, Ping.self])
 
     @OptionGroup var global: Global
 }
@@ -328,25 +328,93 @@ extension JobVerb {
     }
 }
 
-struct Cancel: JobVerb {
-    static let configuration = CommandConfiguration(abstract: "Cancel a job (a running one stops at its next step).")
+/// One job by id, or with `--all` every job that `--user` and `--state` select.
+struct JobSelection: ParsableArguments {
+    @Argument(help: "The job's id (or --all).") var id: String?
+    @Flag(help: "Every job you may change (an operator: everyone's), narrowed by --user and --state.") var all = false
+    @Option(help: "With --all: only this user's jobs (name or uid).") var user: String?
+    @Option(help: "With --all: only jobs in this state (repeatable).") var state: [String] = []
+
+    func validate() throws {
+        guard (id != nil) != all else { throw ValidationError("give a job id or --all") }
+        guard all || (user == nil && state.isEmpty) else { throw ValidationError("--user and --state go with --all") }
+    }
+}
+
+/// cancel, hold and release: one job, or many with --all.
+protocol SelectingJobVerb: ParsableCommand {
+    static var verb: String { get }
+    static var done: String { get }
+    var global: Global { get }
+    var selection: JobSelection { get }
+}
+
+extension SelectingJobVerb {
+    func run() throws {
+        guard selection.all else {
+            let reply = try call(global, ["verb": Self.verb, "id": selection.id!])
+            return show(global, job: reply["job"] as? [String: Any] ?? [:], verb: Self.done)
+        }
+        var request: [String: Any] = ["verb": Self.verb, "all": true]
+        if let user = selection.user { request["owner"] = user }
+        if !selection.state.isEmpty { request["state"] = selection.state }
+        let ids = try call(global, request)["jobs"] as? [String] ?? []
+        if global.json { printJSON(ids) } else { print("\(ids.count) job(s) \(Self.done)\(ids.isEmpty ? "" : ": " + ids.joined(separator: ", "))") }
+    }
+}
+
+struct Cancel: SelectingJobVerb {
+    static let configuration = CommandConfiguration(abstract: "Cancel a job, or many (a running one stops at its next step).")
     static let verb = "cancel", done = "canceled"
     @OptionGroup var global: Global
-    @OptionGroup var job: JobID
+    @OptionGroup var selection: JobSelection
 }
 
-struct Hold: JobVerb {
-    static let configuration = CommandConfiguration(abstract: "Hold a queued job until it is released.")
+struct Hold: SelectingJobVerb {
+    static let configuration = CommandConfiguration(abstract: "Hold a queued job, or many, until released.")
     static let verb = "hold", done = "held"
     @OptionGroup var global: Global
-    @OptionGroup var job: JobID
+    @OptionGroup var selection: JobSelection
 }
 
-struct Release: JobVerb {
-    static let configuration = CommandConfiguration(abstract: "Release a held job into the queue.")
+struct Release: SelectingJobVerb {
+    static let configuration = CommandConfiguration(abstract: "Release a held job, or many, into the queue.")
     static let verb = "release", done = "released"
     @OptionGroup var global: Global
-    @OptionGroup var job: JobID
+    @OptionGroup var selection: JobSelection
+}
+
+/// pause, resume, drain: the queue as a whole (operators only).
+protocol QueueVerb: ParsableCommand {
+    static var verb: String { get }
+    var global: Global { get }
+}
+
+extension QueueVerb {
+    func run() throws {
+        let reply = try call(global, ["verb": Self.verb])
+        if global.json { return printJSON(reply) }
+        let paused = reply["paused"] as? Bool == true
+        print(paused ? "queue paused; \(reply["running"] as? Int ?? 0) job(s) running" : "queue running")
+    }
+}
+
+struct Pause: QueueVerb {
+    static let configuration = CommandConfiguration(abstract: "Start no more jobs; running ones finish. Lasts across restarts.")
+    static let verb = "pause"
+    @OptionGroup var global: Global
+}
+
+struct Resume: QueueVerb {
+    static let configuration = CommandConfiguration(abstract: "Start jobs again after pause or drain.")
+    static let verb = "resume"
+    @OptionGroup var global: Global
+}
+
+struct Drain: QueueVerb {
+    static let configuration = CommandConfiguration(abstract: "Pause, then wait until no job is running.")
+    static let verb = "drain"
+    @OptionGroup var global: Global
 }
 
 struct Retry: JobVerb {

@@ -90,7 +90,7 @@ import Testing
 
         let denied = try daemon.diffctl(["cancel", blocker], asUID: nobody)
         #expect(denied.status == 1)
-        #expect(denied.stderr == "diffctl: job \(blocker) belongs to root; only its owner or root may change it\n")
+        #expect(denied.stderr == "diffctl: job \(blocker) belongs to root; only its owner, root or [access] admin_group may change it\n")
         #expect(try daemon.diffctl(["hold", theirID], asUID: nobody).status == 0)
         #expect(try daemon.diffctl(["release", theirID]).status == 0)
 
