@@ -1,11 +1,11 @@
 # The commands README.md gives a new user. Each installs what it needs first.
-APT_PACKAGES := libuv1-dev libsqlite3-dev libpng-dev libopenblas-dev pkg-config
+APT_PACKAGES := libuv1-dev libsqlite3-dev libpng-dev libopenblas-dev pkg-config groff-base
 SWIFT_BUILD_FLAGS ?=
 # A Python with torch and diffusers, for the PyTorch side of `make bench`
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test bench soak fuzz sanitize demo install tools-python fixtures clean
+.PHONY: all deps build test bench soak fuzz sanitize demo install stage tools-python fixtures clean
 
 all: build
 
@@ -61,25 +61,51 @@ sanitize: deps
 	  swift build --build-tests --sanitize=$$s --scratch-path .build-$$s -Xlinker --export-dynamic && \
 	  swift test --skip-build --sanitize=$$s --scratch-path .build-$$s --filter DiffusionDaemonTests || exit 1; done
 
-# Binaries, plugins, the default model, the configuration (kept if present) and
-# the systemd units, under PREFIX (paths in the units follow it), and the
-# service's user. DESTDIR stages a package.
+# Binaries, plugins, the default model, the configuration (kept if present), the
+# systemd units, sysusers.d and tmpfiles.d entries, the plugin header with its
+# pkg-config file, man pages and shell completions, under PREFIX (paths in the
+# units follow it); then the service's user. DESTDIR stages a package: `make
+# stage DESTDIR=... BIN=DIR` does the copying alone, from binaries in BIN.
 PREFIX ?= /usr/local
+BIN ?= .build/release
+VERSION := $(shell sed -n 's/.*programVersion = "\(.*\)"/\1/p' Sources/DiffusionRender/RenderOutput.swift)
 install: build
+	$(MAKE) stage
+	@if [ -z "$(DESTDIR)" ] && ! getent passwd diffusiond > /dev/null; then \
+	  if command -v systemd-sysusers > /dev/null; then systemd-sysusers $(PREFIX)/lib/sysusers.d/diffusiond.conf; \
+	  else useradd --system --user-group --home-dir /var/lib/diffusiond --no-create-home --shell /usr/sbin/nologin diffusiond; fi; fi
+	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now diffusiond.socket"
+
+stage:
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins \
 	  $(DESTDIR)$(PREFIX)/share/diffusiond/models $(DESTDIR)$(PREFIX)/share/doc/diffusiond \
-	  $(DESTDIR)/etc/diffusiond $(DESTDIR)/etc/systemd/system
-	install -m 755 .build/release/diffusiond .build/release/diffctl $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 .build/release/libdiffusion-plugin-*.so $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins/
+	  $(DESTDIR)/etc/diffusiond $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/sysusers.d \
+	  $(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(PREFIX)/include/diffusiond $(DESTDIR)$(PREFIX)/lib/pkgconfig \
+	  $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8 \
+	  $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions \
+	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	install -m 755 $(BIN)/diffusiond $(BIN)/diffctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(BIN)/libdiffusion-plugin-*.so $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins/
 	rm -rf $(DESTDIR)$(PREFIX)/share/diffusiond/models/fashion-mnist
 	cp -R models/fashion-mnist $(DESTDIR)$(PREFIX)/share/diffusiond/models/
 	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/diffusiond/
 	[ -e $(DESTDIR)/etc/diffusiond/diffusiond.toml ] || install -m 644 etc/diffusiond.toml $(DESTDIR)/etc/diffusiond/
 	for unit in diffusiond.service diffusiond.socket; do \
-	  sed 's|/usr/local|$(PREFIX)|g' systemd/$$unit > $(DESTDIR)/etc/systemd/system/$$unit; done
-	@if [ -z "$(DESTDIR)" ] && ! getent passwd diffusiond > /dev/null; then \
-	  useradd --system --home-dir /var/lib/diffusiond --no-create-home --shell /usr/sbin/nologin diffusiond; fi
-	@echo "installed; start with: systemctl daemon-reload && systemctl enable --now diffusiond.socket"
+	  sed 's|/usr/local|$(PREFIX)|g' systemd/$$unit > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$unit; done
+	install -m 644 etc/sysusers.d/diffusiond.conf $(DESTDIR)$(PREFIX)/lib/sysusers.d/
+	install -m 644 etc/tmpfiles.d/diffusiond.conf $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/
+	install -m 644 Sources/DiffusionPluginABI/diffusion_plugin.h $(DESTDIR)$(PREFIX)/include/diffusiond/
+	sed 's|@PREFIX@|$(PREFIX)|; s|@VERSION@|$(VERSION)|' etc/diffusion-plugin.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/diffusion-plugin.pc
+	python3 tools/man.py command $(BIN)/diffctl 1 > $(DESTDIR)$(PREFIX)/share/man/man1/diffctl.1
+	python3 tools/man.py command $(BIN)/diffusiond 8 > $(DESTDIR)$(PREFIX)/share/man/man8/diffusiond.8
+	python3 tools/man.py toml etc/diffusiond.toml diffusiond.toml 5 "diffusiond's configuration" \
+	  > $(DESTDIR)$(PREFIX)/share/man/man5/diffusiond.toml.5
+	python3 tools/man.py markdown docs/jobs.md diffusiond-jobs 5 "diffusiond's job files" \
+	  > $(DESTDIR)$(PREFIX)/share/man/man5/diffusiond-jobs.5
+	for command in diffusiond diffctl; do \
+	  $(BIN)/$$command --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/$$command && \
+	  $(BIN)/$$command --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_$$command && \
+	  $(BIN)/$$command --generate-completion-script fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/$$command.fish || exit 1; done
 
 # The tool Python: torch and diffusers from PyPI, for benchmarks and fixtures only.
 tools-python:
