@@ -18,6 +18,10 @@ final class DaemonProcess {
         var json: Any? { try? JSONSerialization.jsonObject(with: Data(stdout.utf8)) }
     }
 
+    /// Deadlines stretch by $DIFFUSIOND_TEST_TIME_SCALE (`make sanitize` sets it:
+    /// a sanitized debug build renders many times slower).
+    static let timeScale = ProcessInfo.processInfo.environment["DIFFUSIOND_TEST_TIME_SCALE"].flatMap(Double.init) ?? 1
+
     let root: String
     let socket: String
     let state: String
@@ -155,7 +159,7 @@ final class DaemonProcess {
     /// Waits until job `id` is in `state`.
     @discardableResult
     func wait(for id: String, state: String, seconds: Double = 60) throws -> [String: Any] {
-        let deadline = Date().addingTimeInterval(seconds)
+        let deadline = Date().addingTimeInterval(seconds * Self.timeScale)
         var last: [String: Any] = [:]
         while Date() < deadline {
             last = try job(id)

@@ -199,5 +199,10 @@ import Testing
         #expect(shipped.maxRequestBytes == defaults.maxRequestBytes && shipped.keepJobs == defaults.keepJobs)
         #expect(shipped.checkpointEverySteps == defaults.checkpointEverySteps && shipped.jobSeconds == defaults.jobSeconds)
         #expect(shipped.batchImages == defaults.batchImages && shipped.maxAttempts == defaults.maxAttempts)
+        #expect(shipped.socketBufferBytes == defaults.socketBufferBytes && shipped.connectionsPerUser == defaults.connectionsPerUser)
+        #expect(shipped.idleSeconds == defaults.idleSeconds && shipped.poisonAfterCrashes == defaults.poisonAfterCrashes)
+        #expect(shipped.jobsPerUser == defaults.jobsPerUser && shipped.imagesPerUser == defaults.imagesPerUser)
+        #expect(shipped.spoolTmpMaxAgeHours == defaults.spoolTmpMaxAgeHours && shipped.metricsIntervalSeconds == defaults.metricsIntervalSeconds)
+        #expect(shipped.metricsTextfile == nil && shipped.adminGroup == nil)
     }
 }

@@ -104,13 +104,4 @@ import Testing
         let config = try DaemonConfig(path: "\(root)/c.toml")
         #expect(config.stateDirectory == "\(root)/here" && config.socketPath == "\(root)/here/s.sock")
     }
-
-    /// The shipped, documented configuration reads, and says what the defaults are.
-    @Test func theShippedConfigurationReads() throws {
-        let config = try DaemonConfig(path: "\(DaemonProcess.packageRoot)/etc/diffusiond.toml")
-        let defaults = DaemonConfig()
-        #expect(config.socketPath == defaults.socketPath && config.connectionsPerUser == defaults.connectionsPerUser)
-        #expect(config.poisonAfterCrashes == defaults.poisonAfterCrashes && config.idleSeconds == defaults.idleSeconds)
-        #expect(config.spoolTmpMaxAgeHours == defaults.spoolTmpMaxAgeHours && config.metricsTextfile == nil)
-    }
 }
