@@ -70,6 +70,7 @@ let package = Package(
         .executableTarget(name: "diffusion-fuzz", dependencies: ["DiffusionDaemon"]),
 
         .testTarget(name: "CPNGTests", dependencies: ["CPNG"]),
+        .testTarget(name: "DiffusionPluginKitTests", dependencies: ["DiffusionPluginKit"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DiffusionKernelsTests", dependencies: ["DiffusionKernels"]),
         .testTarget(name: "DiffusionDaemonTests", dependencies: ["DiffusionDaemon"]),
