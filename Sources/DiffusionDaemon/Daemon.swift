@@ -37,6 +37,8 @@ public final class Daemon {
     var running: [Int: Running] = [:]
     var sessions: [ObjectIdentifier: ClientSession] = [:]
     var watchers: [Int: [ClientSession]] = [:]
+    /// When clients were last turned away for want of descriptors (loop ms).
+    var lastTurnedAway: UInt64 = 0
     /// Clients waiting for `drain` to find nothing running.
     var drainWaiters: [(ClientSession, Any?)] = []
     private var stopping = false
@@ -91,7 +93,8 @@ public final class Daemon {
             boundSocketPath = config.socketPath
             log.info("listening on \(config.socketPath)")
         }
-        _ = try PipeServer(loop, endpoint: endpoint) { [unowned self] connection in accept(connection) }
+        let server = try PipeServer(loop, endpoint: endpoint) { [unowned self] connection in accept(connection) }
+        server.onAcceptFailure = { [unowned self] error in logTurnedAway(error) }
 
         for signal in [SIGTERM, SIGINT] { _ = try LoopSignal(loop, signal: signal) { [unowned self] in stop() } }
         _ = try LoopSignal(loop, signal: SIGHUP) { [unowned self] in reload() }
@@ -352,6 +355,15 @@ public final class Daemon {
             connection.close()
             return
         }
+        // Descriptors are kept for the daemon's own files (the queue, checkpoints,
+        // outputs): past that, clients are refused with a line and a log entry,
+        // never left to fail the daemon's writes.
+        if sessions.count >= clientDescriptorBudget {
+            logTurnedAway(DiffusionError("\(sessions.count) clients hold the descriptors left for clients (the limit is \(Self.descriptorLimit))"))
+            replyError(session, tag: nil, "the daemon has as many connections as it can hold; try again later")
+            connection.closeAfterWrites()
+            return
+        }
         let open = sessions.values.filter { $0.uid == session.uid }.count
         if open >= config.connectionsPerUser {
             log.warning("uid \(session.uid) (pid \(session.pid)) refused: \(open) connections open, the limit of [limits] connections_per_user")
@@ -396,6 +408,22 @@ public final class Daemon {
         } catch {
             log.warning("metrics: \(error)")
         }
+    }
+
+    /// RLIMIT_NOFILE as the daemon started.
+    static let descriptorLimit: Int = {
+        var limit = rlimit()
+        return getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0 && limit.rlim_cur < 1 << 20 ? Int(limit.rlim_cur) : 1 << 20
+    }()
+
+    /// Connections the daemon takes: its descriptor limit less 64 for its own files.
+    var clientDescriptorBudget: Int { max(Self.descriptorLimit - 64, 8) }
+
+    /// Clients turned away for want of descriptors: said once a minute at most.
+    func logTurnedAway(_ error: DiffusionError) {
+        guard lastTurnedAway == 0 || loop.now - lastTurnedAway > 60_000 else { return }
+        lastTurnedAway = loop.now
+        log.error("\(error); clients are being turned away: raise LimitNOFILE or lower [limits] connections_per_user")
     }
 
     /// Closes connections that sent nothing for `[limits] idle_seconds` and watch no job.

@@ -150,6 +150,8 @@ final class LoopDirectoryWatch: LoopActionHandle {
 /// A listening Unix socket: bound to a path, or adopted from an inherited fd.
 final class PipeServer: LoopHandle {
     private var onConnection: ((PipeConnection) -> Void)?
+    /// A connection that could not be taken (out of descriptors, say), as an error.
+    var onAcceptFailure: ((DiffusionError) -> Void)?
     private let loop: EventLoop
 
     enum Endpoint {
@@ -178,8 +180,9 @@ final class PipeServer: LoopHandle {
             guard status == 0 else { close(); throw loopError("adopting socket fd \(fd)", status) }
         }
         let status = uv_listen(UnsafeMutableRawPointer(pipe).assumingMemoryBound(to: uv_stream_t.self), 128) { server, status in
-            guard let server, status == 0 else { return }
+            guard let server else { return }
             let owner = LoopHandle.owner(of: UnsafeMutableRawPointer(server).assumingMemoryBound(to: uv_handle_t.self)) as! PipeServer
+            guard status == 0 else { return owner.failed("listening", status) }
             owner.accept(server)
         }
         guard status == 0 else { close(); throw loopError("listening", status) }
@@ -187,9 +190,15 @@ final class PipeServer: LoopHandle {
 
     private func accept(_ server: UnsafeMutablePointer<uv_stream_t>) {
         let connection = PipeConnection(loop)
-        guard uv_accept(server, connection.stream) == 0 else { connection.close(); return }
+        let status = uv_accept(server, connection.stream)
+        guard status == 0 else {
+            connection.close()
+            return failed("accepting a client", status)
+        }
         onConnection?(connection)
     }
+
+    private func failed(_ call: String, _ status: Int32) { onAcceptFailure?(loopError(call, status)) }
 
     override func didClose() { onConnection = nil }
 }

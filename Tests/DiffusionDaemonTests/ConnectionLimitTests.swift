@@ -31,6 +31,33 @@ import Testing
         #expect(daemon.stop() == 0)
     }
 
+    /// Out of descriptors, the daemon refuses clients with a line and says so in
+    /// its log, keeping the descriptors its own files need.
+    @Test(.enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"), "needs prlimit"))
+    func clientsPastTheDescriptorLimitAreToldAndLogged() throws {
+        let daemon = try DaemonProcess(start: false)
+        try daemon.start(openFiles: 100)
+        var held = try (0..<45).map { _ in try daemon.client() }  // more than the 36 the daemon takes
+        // A slot the start-up ping left may still be free: each new client pings
+        // until one is refused, and it must be within a few.
+        var refusal: String?
+        for _ in 0..<4 where refusal == nil {
+            let late = try daemon.client()
+            late.setReceiveTimeout(seconds: 10)
+            let reply = try late.call(["verb": "ping"])
+            refusal = reply["error"] as? String
+            held.append(late)
+        }
+        #expect(refusal == "the daemon has as many connections as it can hold; try again later", "\(daemon.log)")
+        #expect(daemon.log.contains("clients are being turned away: raise LimitNOFILE"))
+        // Once clients leave, the daemon serves again, and it never ran short of its own descriptors.
+        held.removeAll()
+        usleep(300_000)
+        let id = try daemon.submit(DaemonProcess.smallJob(steps: 2))
+        try daemon.wait(for: id, state: "succeeded")
+        #expect(daemon.stop() == 0)
+    }
+
     @Test func unfinishedLinesOfAllClientsStayUnderTheBudget() throws {
         let daemon = try DaemonProcess(extra: "[limits]\nmax_request_bytes = 1048576\nsocket_buffer_bytes = 3000000")
         let chunk = Data(repeating: UInt8(ascii: "x"), count: 900_000)

@@ -73,10 +73,15 @@ final class DaemonProcess {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// Starts the daemon and waits until it answers a ping.
-    func start(environment: [String: String] = [:]) throws {
+    /// With `openFiles`, under that RLIMIT_NOFILE (prlimit execs the daemon in place).
+    func start(environment: [String: String] = [:], openFiles: Int? = nil) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "\(Self.buildDirectory)/diffusiond")
         process.arguments = ["--config", configPath]
+        if let openFiles {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
+            process.arguments = ["--nofile=\(openFiles)", "\(Self.buildDirectory)/diffusiond"] + process.arguments!
+        }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }
         let log = FileHandle(forWritingAtPath: logPath)!
