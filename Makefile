@@ -59,7 +59,8 @@ fuzz: deps
 sanitize: deps
 	for s in thread address; do \
 	  swift build --build-tests --sanitize=$$s --scratch-path .build-$$s -Xlinker --export-dynamic && \
-	  DIFFUSIOND_TEST_TIME_SCALE=10 swift test --skip-build --sanitize=$$s --scratch-path .build-$$s \
+	  DIFFUSIOND_TEST_TIME_SCALE=10 LSAN_OPTIONS=suppressions=$(CURDIR)/tools/lsan.supp \
+	    swift test --skip-build --sanitize=$$s --scratch-path .build-$$s \
 	    --filter DiffusionDaemonTests || exit 1; done
 
 # Binaries, plugins, the default model, the configuration (kept if present), the
