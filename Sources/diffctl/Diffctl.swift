@@ -313,21 +313,6 @@ struct Watch: ParsableCommand {
     }
 }
 
-/// cancel, hold, release, retry: one job id, one state change.
-protocol JobVerb: ParsableCommand {
-    static var verb: String { get }
-    static var done: String { get }
-    var global: Global { get }
-    var job: JobID { get }
-}
-
-extension JobVerb {
-    func run() throws {
-        let reply = try call(global, ["verb": Self.verb, "id": job.id])
-        show(global, job: reply["job"] as? [String: Any] ?? [:], verb: Self.done)
-    }
-}
-
 /// One job by id, or with `--all` every job that `--user` and `--state` select.
 struct JobSelection: ParsableArguments {
     @Argument(help: "The job's id (or --all).") var id: String?
@@ -417,11 +402,15 @@ struct Drain: QueueVerb {
     @OptionGroup var global: Global
 }
 
-struct Retry: JobVerb {
+struct Retry: ParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Queue a failed or canceled job again, with fresh attempts.")
-    static let verb = "retry", done = "queued again"
     @OptionGroup var global: Global
     @OptionGroup var job: JobID
+
+    func run() throws {
+        let reply = try call(global, ["verb": "retry", "id": job.id])
+        show(global, job: reply["job"] as? [String: Any] ?? [:], verb: "queued again")
+    }
 }
 
 struct Priority: ParsableCommand {
