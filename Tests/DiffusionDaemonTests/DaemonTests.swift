@@ -161,7 +161,7 @@ import Testing
         while !daemon.log.contains("reloaded: plugins") && Date() < deadline { usleep(20_000) }
         let refused = try daemon.diffctl(["submit", "--model", "fashion-mnist", "--steps", "20"])
         #expect(refused.stderr == "diffctl: job: steps 20 is over the limit of 10\n")
-        #expect(daemon.stop() == 0)
+        #expect(daemon.stop() == 0, "\(daemon.log)")
     }
 
     @Test func oneDaemonPerStateDirectory() throws {
