@@ -34,7 +34,13 @@ enum Checkpoints {
     /// The checkpoint at `path`; nil when there is none, an error when the file
     /// is there but unreadable (the caller says so in the job's events).
     static func read(_ path: String) throws -> RenderCheckpoint? {
-        guard let data = FileManager.default.contents(atPath: path) else { return nil }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var info = stat()
+        guard fstat(fd, &info) == 0, let data = readWhole(fd, size: Int(info.st_size)) else {
+            throw DiffusionError.system("cannot read the checkpoint \(path)")
+        }
         do {
             return try JSONDecoder().decode(RenderCheckpoint.self, from: data)
         } catch {

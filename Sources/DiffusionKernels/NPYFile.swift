@@ -31,16 +31,28 @@ public enum NPYFile {
         guard let shapeText = field("shape", in: header), shapeText.hasPrefix("("), shapeText.hasSuffix(")") else {
             throw DiffusionError(path: path, ".npy header has no shape")
         }
-        let parts = shapeText.dropFirst().dropLast().split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        let shape = try parts.filter { !$0.isEmpty }.map { part -> Int in
+        // "(2, 3)", "(4,)" or "()": numbers separated by commas, one trailing comma allowed.
+        var parts = shapeText.dropFirst().dropLast().split(separator: ",", omittingEmptySubsequences: false)
+            .map { $0.trimmingCharacters(in: .whitespaces) }
+        if parts.count > 1, parts.last == "" { parts.removeLast() }
+        if parts == [""] { parts = [] }
+        let shape = try parts.map { part -> Int in
             guard let dimension = Int(part), dimension >= 0 else { throw DiffusionError(path: path, "invalid shape \(shapeText)") }
             return dimension
         }
-        let tensor = Tensor(uninitialized: shape)
+        // The data must be there before anything is allocated for it (a header
+        // may claim any shape: found by `make fuzz`).
         let dataStart = headerStart + headerLength
-        guard b.count - dataStart == tensor.count * 4 else {
+        var bytes = 4
+        for dimension in shape {
+            let (product, overflow) = bytes.multipliedReportingOverflow(by: dimension)
+            guard !overflow else { throw DiffusionError(path: path, "shape \(shape) is too large") }
+            bytes = product
+        }
+        guard b.count - dataStart == bytes else {
             throw DiffusionError(path: path, "\(b.count - dataStart) data bytes for shape \(shape) of float32")
         }
+        let tensor = Tensor(uninitialized: shape)
         b.withUnsafeBytes { raw in
             for i in 0..<tensor.count {
                 tensor.data[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: dataStart + 4 * i, as: UInt32.self)))

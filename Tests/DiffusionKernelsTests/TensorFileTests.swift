@@ -74,6 +74,22 @@ import Testing
         #expect(throws: DiffusionError.self) { try NPYFile.decode(float64) }
         #expect(throws: DiffusionError.self) { try NPYFile.decode(Data("not numpy".utf8)) }
         #expect(throws: DiffusionError.self) { try NPYFile.decode(NPYFile.encode(tensor).dropLast(4)) }
+
+        // Shapes the header claims are checked against the data before anything is allocated.
+        func npy(shape: String, dataBytes: Int) -> Data {
+            var header = "{'descr': '<f4', 'fortran_order': False, 'shape': \(shape), }"
+            header += String(repeating: " ", count: 63 - (10 + header.utf8.count) % 64) + "\n"
+            return Data([0x93] + Array("NUMPY".utf8) + [1, 0, UInt8(header.utf8.count), 0] + Array(header.utf8) + Array(repeating: 0, count: dataBytes))
+        }
+        #expect(throws: DiffusionError(path: "<data>", "8 data bytes for shape [55555552, 28, 116] of float32")) {
+            try NPYFile.decode(npy(shape: "(55555552, 28, 116)", dataBytes: 8))
+        }
+        #expect(throws: DiffusionError(path: "<data>", "shape [4611686018427387904, 4] is too large")) {
+            try NPYFile.decode(npy(shape: "(4611686018427387904, 4)", dataBytes: 8))
+        }
+        #expect(throws: DiffusionError(path: "<data>", "invalid shape (2,28, , 116)")) { try NPYFile.decode(npy(shape: "(2,28, , 116)", dataBytes: 8)) }
+        #expect(try NPYFile.decode(npy(shape: "(2,)", dataBytes: 8)).shape == [2])
+        #expect(try NPYFile.decode(npy(shape: "()", dataBytes: 4)).shape == [])
     }
 
     @Test func philoxMatchesPublishedVectors() {
