@@ -55,12 +55,12 @@ final class RenderWorker: @unchecked Sendable {
     private let inbox = NSCondition()
     private var pending: [RenderAssignment] = []
     private var shuttingDown = false
-    private let outbox = Mutex<[WorkerEvent]>([])
+    private let outbox = Locked<[WorkerEvent]>([])
     /// nil once the loop has gone (SIGTERM while a step runs).
-    private let wake: Mutex<LoopAsync?>
-    private let registry: Mutex<PluginRegistry>
+    private let wake: Locked<LoopAsync?>
+    private let registry: Locked<PluginRegistry>
     private let models: ModelCache
-    private let limits: Mutex<RenderLimits>
+    private let limits: Locked<RenderLimits>
     private let threads: Int
     private let log = Logger(label: "diffusiond.worker")
     /// Signalled when the thread has ended (after `detach`, once its step in flight returns).
@@ -75,10 +75,10 @@ final class RenderWorker: @unchecked Sendable {
     init(wake: LoopAsync, registry: PluginRegistry, modelDirectories: [String], cacheBytes: Int, limits: RenderLimits,
          threads: Int)
     {
-        self.wake = Mutex(wake)
-        self.registry = Mutex(registry)
+        self.wake = Locked(wake)
+        self.registry = Locked(registry)
         models = ModelCache(resolver: ModelResolver(directories: modelDirectories), capacityBytes: cacheBytes)
-        self.limits = Mutex(limits)
+        self.limits = Locked(limits)
         self.threads = threads
     }
 
@@ -316,5 +316,22 @@ final class ModelCache: @unchecked Sendable {
             total += (try? FileManager.default.attributesOfItem(atPath: "\(directory)/\(file)")[.size] as? Int) ?? 0
         }
         return total
+    }
+}
+
+/// A value shared between the loop and the render thread, behind a pthread
+/// mutex (NSLock). Not Synchronization's Mutex: its futex lock lives in the
+/// prebuilt runtime, which ThreadSanitizer cannot see, so `make sanitize`
+/// reported its critical sections as races.
+final class Locked<Value>: @unchecked Sendable {
+    private var value: Value
+    private let lock = NSLock()
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
     }
 }

@@ -102,6 +102,8 @@ final class DaemonProcess {
         kill(process.processIdentifier, SIGTERM)
         process.waitUntilExit()
         self.process = nil
+        // A sanitizer's report (or any unclean exit) is in the log: show it with the failure.
+        if process.terminationStatus != 0 { print("diffusiond exited \(process.terminationStatus); its log:\n\(log.suffix(12000))") }
         return process.terminationStatus
     }
 
