@@ -98,7 +98,10 @@ public struct ModelDirectory: Sendable {
     /// cheap enough to check every job at admission, before any weight is read.
     public func describe() throws -> ModelDescription {
         let index = try modelIndex()
-        let pipeline = try checkedPipeline(index)
+        return try describe(index: index, pipeline: try checkedPipeline(index))
+    }
+
+    private func describe(index: [String: Any], pipeline: String) throws -> ModelDescription {
         let sampleShape: [Int]
         let classCount: Int?
         if pipeline == "GaussianMixture" {
@@ -136,10 +139,13 @@ public struct ModelDirectory: Sendable {
     /// denoiser (a U-Net, or the exact Gaussian mixture when model_index.json
     /// names `GaussianMixture`) and the noisy classifier when `classifier/` exists.
     public func load() throws -> LoadedModel {
-        let description = try describe()
+        // model_index.json is read and checked once, for the description and the loading.
+        let index = try modelIndex()
+        let pipeline = try checkedPipeline(index)
+        let description = try describe(index: index, pipeline: pipeline)
         let denoiser: any DenoisingModel
         var classifier: (any NoisyClassifier)?
-        if try checkedPipeline(modelIndex()) == "GaussianMixture" {
+        if pipeline == "GaussianMixture" {
             let mixture = try loadMixture()
             denoiser = mixture
             classifier = mixture
