@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "diffusion-plugin-ddpm", type: .dynamic, targets: ["DDPMPlugin"]),
         .library(name: "diffusion-plugin-ddim", type: .dynamic, targets: ["DDIMPlugin"]),
         .library(name: "diffusion-plugin-guidance", type: .dynamic, targets: ["GuidancePlugin"]),
+        .library(name: "diffusion-plugin-samplers", type: .dynamic, targets: ["SamplersPlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -44,6 +45,7 @@ let package = Package(
         .target(name: "DDPMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddpm"),
         .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim"),
         .target(name: "GuidancePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/guidance"),
+        .target(name: "SamplersPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/samplers"),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
         .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: nativeCode),

@@ -29,8 +29,6 @@ final class DDIMInstance: TimestepSampler {
         useClippedModelOutput = try options.bool("use_clipped_model_output", default: false)
     }
 
-    var trainSteps: Int { alphasCumprod.count }
-
     /// One DDIM update per image (Song et al., eq. 12):
     /// 1. x̂₀ and ε̂ from the model output (`SamplerSettings.predict`);
     /// 2. σ_t = η·√((1−ᾱ_prev)/(1−ᾱ_t))·√(1−ᾱ_t/ᾱ_prev) (eq. 16);
@@ -75,7 +73,7 @@ final class DDIMInstance: TimestepSampler {
 
 nonisolated(unsafe) let ddimPlugin = pluginDescriptor(
     name: "ddim", version: "1.0.0",
-    samplers: [samplerDescriptor(name: "ddim", summary: "DDIM (Song et al. 2021); eta 0 is deterministic") { host, options, levels, error, errorSize in
+    samplers: [samplerDescriptor(name: "ddim", summary: "DDIM (Song et al. 2021); eta 0 is deterministic", classes: ["DDIMScheduler"]) { host, options, levels, error, errorSize in
         makeSampler(error, errorSize) {
             try DDIMInstance(host: host!, options: PluginOptions(host: host!, options: options), levels: levels!.pointee)
         }

@@ -25,8 +25,6 @@ final class DDPMInstance: TimestepSampler {
                                         allowed: ["fixed_small", "fixed_large"]) == "fixed_large"
     }
 
-    var trainSteps: Int { alphasCumprod.count }
-
     /// One ancestral step per image, the posterior q(x_{t−1} | x_t, x̂₀) (Ho et al., eqs. 6–7):
     /// 1. x̂₀ from the model output (`SamplerSettings.predict`);
     /// 2. μ = √ᾱ_prev·β_t/(1−ᾱ_t)·x̂₀ + √α_t·(1−ᾱ_prev)/(1−ᾱ_t)·x_t, with α_t = ᾱ_t/ᾱ_prev;
@@ -68,7 +66,7 @@ final class DDPMInstance: TimestepSampler {
 
 nonisolated(unsafe) let ddpmPlugin = pluginDescriptor(
     name: "ddpm", version: "1.0.0",
-    samplers: [samplerDescriptor(name: "ddpm", summary: "DDPM ancestral sampling (Ho et al. 2020), fixed_small or fixed_large variance") { host, options, levels, error, errorSize in
+    samplers: [samplerDescriptor(name: "ddpm", summary: "DDPM ancestral sampling (Ho et al. 2020), fixed_small or fixed_large variance", classes: ["DDPMScheduler"]) { host, options, levels, error, errorSize in
         makeSampler(error, errorSize) {
             try DDPMInstance(host: host!, options: PluginOptions(host: host!, options: options), levels: levels!.pointee)
         }

@@ -157,6 +157,7 @@ final class RenderWorker: @unchecked Sendable {
             if case .inline(let bytes)? = assignment.job.initNoise { initNoise = try Job.decodeInitNoise(bytes) }
             let render = try Render(job: assignment.job, model: model, registry: registry.withLock { $0 }, runtime: runtime,
                                     limits: limits.withLock { $0 }, initNoise: initNoise)
+            for warning in render.plan.warnings { report(.note(id: id, warning)) }
             do {
                 if let checkpoint = try Checkpoints.read(assignment.checkpointPath) {
                     if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
@@ -193,7 +194,7 @@ final class RenderWorker: @unchecked Sendable {
         if elapsed > active.assignment.timeLimit {
             let render = active.render
             finish(active.assignment, .failed(
-                id: id, error: "the time limit of \(Self.seconds(active.assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.timesteps.count)",
+                id: id, error: "the time limit of \(Self.seconds(active.assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.totalSteps)",
                 retryable: false))
             return false
         }
@@ -217,15 +218,16 @@ final class RenderWorker: @unchecked Sendable {
             let (assignment, render) = (active.assignment, active.render)
             let step = render.completedSteps
             if render.isFinished {
-                report(.progress(id: assignment.id, step: step, total: render.timesteps.count, preview: nil))
+                report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: nil))
                 publish(active)
                 continue
             }
+            guard render.endedStep else { continue }  // the middle of a step of several evaluations
             var preview: String?
             if assignment.previewEvery > 0, step % assignment.previewEvery == 0, let estimate = render.predictedOriginal {
                 preview = writePreview(estimate, assignment)
             }
-            report(.progress(id: assignment.id, step: step, total: render.timesteps.count, preview: preview))
+            report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: preview))
             if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
                 do {
                     try Checkpoints.write(render.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)

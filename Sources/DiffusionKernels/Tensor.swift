@@ -64,6 +64,13 @@ public final class Tensor: @unchecked Sendable {
         return result
     }
 
+    /// A copy with every value multiplied by `factor`.
+    public func scaled(by factor: Float) -> Tensor {
+        let result = Tensor(uninitialized: shape)
+        for i in 0..<count { result.data[i] = data[i] * factor }
+        return result
+    }
+
     /// Concatenates tensors of the same trailing shape along the first dimension.
     public static func stacking(_ parts: [Tensor]) -> Tensor {
         precondition(!parts.isEmpty, "nothing to stack")

@@ -35,7 +35,7 @@ extern "C" {
 #endif
 
 #define DFN_ABI_MAJOR 1
-#define DFN_ABI_MINOR 0
+#define DFN_ABI_MINOR 1
 #define DFN_ABI_VERSION ((uint32_t)((DFN_ABI_MAJOR << 16) | DFN_ABI_MINOR))
 #define DFN_ABI_MAJOR_OF(version) ((uint32_t)(version) >> 16)
 #define DFN_ABI_MINOR_OF(version) ((uint32_t)(version)&0xffffu)
@@ -118,9 +118,27 @@ typedef struct dfn_noise_levels {
     const double *alphas_cumprod; /* [train_steps], the product of (1 - beta) up to t */
 } dfn_noise_levels;
 
+/* One model evaluation a sampler asks for (ABI 1.1). The host fills
+ * `abi_version` and `size` (its own, never smaller than the sampler's minor
+ * defines); the sampler's `describe` writes the rest. */
+typedef struct dfn_evaluation {
+    uint32_t abi_version;
+    uint32_t size;
+    int32_t step;         /* the inference step it belongs to: progress and previews count steps */
+    double time;          /* the model's time input: a timestep (fractional where sigmas are
+                             interpolated) or, for samplers of models that take it, σ itself */
+    double alpha_cumprod; /* ᾱ of the noise in the model's input, for guidance and for models
+                             that read it; 1/(1+σ²) for samplers that work in σ */
+    double input_scale;   /* diffusers' scale_model_input: the model sees input_scale · x */
+} dfn_evaluation;
+
 /* A sampler (what diffusers calls a scheduler). The host drives the loop, as
- * diffusers pipelines do: set_timesteps once, then step for each timestep in
- * order, evaluating the model between steps. */
+ * diffusers pipelines do: set_timesteps once, then for each model evaluation
+ * it chose, in order: the model on input_scale · x, guidance, and step.
+ * Under ABI 1.0 every step is one evaluation at timesteps[i] (ᾱ from the noise
+ * levels, scale 1, x_T unit noise); ABI 1.1 samplers describe each evaluation,
+ * so a step may evaluate the model more than once (Heun, a corrector) and
+ * sample in σ rather than t. */
 typedef struct dfn_sampler {
     uint32_t abi_version;
     uint32_t size;
@@ -132,26 +150,43 @@ typedef struct dfn_sampler {
                     char *error, size_t error_size);
     void (*destroy)(void *instance);
 
-    /* Chooses the timesteps of `steps` inference steps, in the order they are
-     * evaluated. Returns how many it wrote (at most `capacity`), or -1. */
+    /* Plans `steps` inference steps and returns the number of model
+     * evaluations they take (1.0: one per step), writing each one's timestep
+     * (rounded where fractional; `describe` gives the exact value) into
+     * `timesteps`, at most `capacity` of them; -1 on error. Under 1.1, with
+     * `timesteps` NULL it only returns the count, so the host can size it. */
     int32_t (*set_timesteps)(void *instance, int32_t steps, int32_t *timesteps, int32_t capacity,
                              char *error, size_t error_size);
 
-    /* Step `index` (into the timesteps) for `images` images of `image_size`
-     * floats each, stored one after another: reads the model's output and the
-     * current sample x_t, writes x_{t-1} into `previous` and, when not NULL, the
-     * predicted x_0 into `predicted_original`. `generators[i]` is image i's
-     * random stream. */
+    /* Consumes model evaluation `index` for `images` images of `image_size`
+     * floats each, stored one after another: reads the (guided) model output
+     * and the current sample x, writes the next sample into `previous` and,
+     * when not NULL, the predicted x_0 into `predicted_original`.
+     * `generators[i]` is image i's random stream. */
     int (*step)(void *instance, int32_t index, int32_t images, int64_t image_size, const float *model_output,
                 const float *sample, float *previous, float *predicted_original, dfn_generator *const *generators,
                 char *error, size_t error_size);
 
-    /* Saves the instance's state (what set_timesteps and earlier steps left) as
-     * a blob of at most `capacity` bytes, returning its size; with `blob` NULL,
-     * returns the size needed. The blob starts with the sampler's own state
-     * version, so restore can refuse a blob it does not know. */
+    /* Saves the instance's state (what set_timesteps and earlier steps left:
+     * histories of model outputs, a half-finished step) as a blob of at most
+     * `capacity` bytes, returning its size; with `blob` NULL, returns the size
+     * needed. The blob starts with the sampler's own state version, so
+     * restore can refuse a blob it does not know. Restoring the blob saved
+     * after evaluation k must make evaluation k+1 bit-identical. */
     int64_t (*save_state)(void *instance, void *blob, int64_t capacity);
     int (*restore_state)(void *instance, const void *blob, int64_t size, char *error, size_t error_size);
+
+    /* ---- ABI 1.1 ---- */
+
+    /* The diffusers scheduler classes (scheduler_config.json `_class_name`)
+     * it implements, NULL-terminated: a model whose config names one renders
+     * with this sampler by default. May be NULL. */
+    const char *const *diffusers_classes;
+    /* Describes model evaluation `index` of those set_timesteps planned. */
+    int (*describe)(void *instance, int32_t index, dfn_evaluation *evaluation, char *error, size_t error_size);
+    /* diffusers' init_noise_sigma, valid after set_timesteps: x_T is this
+     * times each image's unit-variance noise. */
+    double (*init_noise_sigma)(void *instance);
 } dfn_sampler;
 
 /* ---- Guidance ------------------------------------------------------------ */
@@ -171,9 +206,9 @@ typedef struct dfn_guidance_inputs {
     uint32_t size;
     int32_t images;
     int64_t image_size;
-    int32_t timestep;
-    double alpha_cumprod;      /* ᾱ at `timestep` */
-    const float *sample;       /* x_t */
+    int32_t timestep;          /* the evaluation's time input, rounded to a whole timestep */
+    double alpha_cumprod;      /* ᾱ of the noise in `sample` (the evaluation's) */
+    const float *sample;       /* x_t as the model sees it (after scale_model_input) */
     const float *conditional;  /* model output with each image's label */
     const float *unconditional; /* model output with the null label */
     const int32_t *labels;     /* each image's label */

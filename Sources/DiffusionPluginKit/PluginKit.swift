@@ -74,6 +74,35 @@ public struct PluginOptions {
         }
     }
 
+    /// A number, or nil when the key is absent.
+    public func optionalNumber(_ key: String) throws -> Double? {
+        var value = 0.0
+        switch host.pointee.option_number(options, key, &value) {
+        case 1: return value
+        case 0: return nil
+        default: throw PluginError("\(key) must be a number")
+        }
+    }
+
+    /// A string, or nil when the key is absent.
+    public func optionalString(_ key: String) throws -> String? {
+        var value: UnsafePointer<CChar>?
+        switch host.pointee.option_string(options, key, &value) {
+        case 1: return String(cString: value!)
+        case 0: return nil
+        default: throw PluginError("\(key) must be a string")
+        }
+    }
+
+    /// A list of numbers, empty when absent.
+    public func numbers(_ key: String) throws -> [Double] {
+        let count = host.pointee.option_numbers(options, key, nil, 0)
+        guard count >= 0 else { throw PluginError("\(key) must be a list of numbers") }
+        var values = [Double](repeating: 0, count: Int(count))
+        _ = host.pointee.option_numbers(options, key, &values, count)
+        return values
+    }
+
     /// A number that must lie in `range`: options that scale or divide the
     /// model's output are bounded, so a job cannot ask for a diverging render.
     public func number(_ key: String, default fallback: Double, in range: ClosedRange<Double>) throws -> Double {

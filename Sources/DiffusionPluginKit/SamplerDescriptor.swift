@@ -2,14 +2,38 @@
 /// `samplerDescriptor` builds its `dfn_sampler` with shared entry points, so a
 /// sampler file holds only its arithmetic and its `create` function.
 public protocol SamplerInstance: AnyObject {
-    /// diffusers' `set_timesteps`: the timesteps of `steps` steps in evaluation order.
-    func setTimesteps(_ steps: Int) throws -> [Int32]
+    /// diffusers' `set_timesteps`: every model evaluation of `steps` steps, in order.
+    func setTimesteps(_ steps: Int) throws -> [Evaluation]
+    /// diffusers' `init_noise_sigma` once the timesteps are set (1 unless it says otherwise).
+    var initNoiseSigma: Double { get }
+    /// Consumes evaluation `index`: the model's (guided) output for `sample`, into `previous`.
     func step(index: Int, images: Int, size: Int, output: UnsafePointer<Float>, sample: UnsafePointer<Float>,
               previous: UnsafeMutablePointer<Float>, original: UnsafeMutablePointer<Float>?,
               generators: UnsafePointer<OpaquePointer?>?) throws
     /// The state a resumed job needs, and its restoration.
     func saveState() -> [UInt8]
     func restoreState(_ bytes: [UInt8]) throws
+}
+
+extension SamplerInstance {
+    public var initNoiseSigma: Double { 1 }
+}
+
+/// One model evaluation (`dfn_evaluation`): the step it belongs to, the model's
+/// time input, ᾱ of the noise in the model's input, and diffusers'
+/// `scale_model_input` factor.
+public struct Evaluation: Equatable, Sendable {
+    public var step: Int
+    public var time: Double
+    public var alphaCumprod: Double
+    public var inputScale: Double
+
+    public init(step: Int, time: Double, alphaCumprod: Double, inputScale: Double = 1) {
+        self.step = step
+        self.time = time
+        self.alphaCumprod = alphaCumprod
+        self.inputScale = inputScale
+    }
 }
 
 /// `create`'s body: makes the instance, or reports why not.
@@ -25,7 +49,10 @@ public typealias SamplerCreate = @convention(c) (
     UnsafePointer<dfn_host>?, OpaquePointer?, UnsafePointer<dfn_noise_levels>?, UnsafeMutablePointer<CChar>?, Int
 ) -> UnsafeMutableRawPointer?
 
-public func samplerDescriptor(name: String, summary: String, create: SamplerCreate) -> UnsafePointer<dfn_sampler> {
+/// A sampler's descriptor; `classes` are the diffusers scheduler classes it implements.
+public func samplerDescriptor(name: String, summary: String, classes: [String] = [],
+                              create: SamplerCreate) -> UnsafePointer<dfn_sampler>
+{
     permanent(dfn_sampler(
         abi_version: pluginABIVersion,  // the header this file was built against
         size: UInt32(MemoryLayout<dfn_sampler>.size),  // fields this build has
@@ -36,15 +63,21 @@ public func samplerDescriptor(name: String, summary: String, create: SamplerCrea
         set_timesteps: { pointer, steps, timesteps, capacity, error, errorSize in  // diffusers' set_timesteps
             var count: Int32 = -1
             _ = reporting(error, errorSize) {
-                let chosen = try box(pointer).sampler.setTimesteps(Int(steps))
-                guard chosen.count <= Int(capacity) else { throw PluginError("room for \(capacity) timesteps, not \(chosen.count)") }
-                timesteps!.update(from: chosen, count: chosen.count)
-                count = Int32(chosen.count)
+                let instance = box(pointer)
+                instance.evaluations = try instance.sampler.setTimesteps(Int(steps))
+                count = Int32(instance.evaluations.count)
+                guard let timesteps else { return }
+                guard instance.evaluations.count <= Int(capacity) else {
+                    throw PluginError("room for \(capacity) timesteps, not \(instance.evaluations.count)")
+                }
+                for (i, evaluation) in instance.evaluations.enumerated() {
+                    timesteps[i] = Int32(evaluation.time.rounded(.toNearestOrEven))
+                }
             }
             return count
         },
         step: { pointer, index, images, size, output, sample, previous, original, generators, error, errorSize in
-            reporting(error, errorSize) {  // one update of every image in the batch
+            reporting(error, errorSize) {  // consumes one evaluation of every image in the batch
                 try box(pointer).sampler.step(
                     index: Int(index), images: Int(images), size: Int(size), output: output!, sample: sample!,
                     previous: previous!, original: original, generators: generators)
@@ -62,7 +95,23 @@ public func samplerDescriptor(name: String, summary: String, create: SamplerCrea
                 let bytes = blob.map { Array(UnsafeRawBufferPointer(start: $0, count: Int(size))) } ?? []
                 try box(pointer).sampler.restoreState(bytes)
             }
-        }))
+        },
+        diffusers_classes: classes.isEmpty ? nil  // the scheduler configs that choose it by default
+            : permanentArray(classes.map { Optional(permanentCString($0)) } + [nil]),
+        describe: { pointer, index, evaluation, error, errorSize in  // one evaluation of set_timesteps' plan
+            reporting(error, errorSize) {
+                let planned = box(pointer).evaluations
+                guard planned.indices.contains(Int(index)) else {
+                    throw PluginError("evaluation \(index) of \(planned.count)")
+                }
+                let e = planned[Int(index)]
+                evaluation!.pointee.step = Int32(e.step)
+                evaluation!.pointee.time = e.time
+                evaluation!.pointee.alpha_cumprod = e.alphaCumprod
+                evaluation!.pointee.input_scale = e.inputScale
+            }
+        },
+        init_noise_sigma: { box($0).sampler.initNoiseSigma }))  // x_T's scale
 }
 
 /// A plugin descriptor for a library of samplers and schedules.
@@ -83,14 +132,17 @@ public func pluginDescriptor(name: String, version: String, schedules: [UnsafePo
         guidances: guidances.isEmpty ? nil : permanentArray(guidances.map { Optional($0) })))
 }
 
-/// Whether a host of this ABI may load a plugin built against this header.
+/// Whether a host may load a plugin built against this header: the same major,
+/// and a minor at least this header's (a 1.1 sampler needs a 1.1 host).
 public func hostIsCompatible(_ host: UnsafePointer<dfn_host>?) -> Bool {
     guard let host else { return false }
     return host.pointee.abi_version >> 16 == pluginABIVersion >> 16
+        && host.pointee.abi_version & 0xffff >= pluginABIVersion & 0xffff
 }
 
 final class SamplerBox {
     let sampler: any SamplerInstance
+    var evaluations: [Evaluation] = []
     init(_ sampler: any SamplerInstance) { self.sampler = sampler }
 }
 

@@ -1,5 +1,5 @@
-/// What diffusers' DDPMScheduler and DDIMScheduler share: their config keys,
-/// defaults and meanings, and the arithmetic both apply to a model's output.
+/// What diffusers' schedulers share: their config keys, defaults and meanings,
+/// and the arithmetic they apply to a model's output.
 public struct SamplerSettings: Sendable {
     public enum Prediction: String, Sendable { case epsilon, sample, vPrediction = "v_prediction" }
     public enum Spacing: String, Sendable { case leading, trailing, linspace }
@@ -13,16 +13,36 @@ public struct SamplerSettings: Sendable {
     public var timestepSpacing = Spacing.leading
     public var stepsOffset = 0
 
-    public init(_ options: PluginOptions) throws {
+    /// The keys a diffusers scheduler class has beyond prediction_type and the spacing.
+    public struct Features: OptionSet, Sendable {
+        public let rawValue: Int
+        public init(rawValue: Int) { self.rawValue = rawValue }
+        /// clip_sample, clip_sample_range
+        public static let clipping = Features(rawValue: 1)
+        /// thresholding, dynamic_thresholding_ratio, sample_max_value
+        public static let thresholding = Features(rawValue: 2)
+    }
+
+    /// Reads the keys of `features` (the others keep clipping and thresholding
+    /// off), with `spacing` and `predictions` as the class defines them.
+    public init(_ options: PluginOptions, features: Features = [.clipping, .thresholding], spacing: Spacing = .leading,
+                predictions: [Prediction] = [.epsilon, .sample, .vPrediction]) throws
+    {
         predictionType = Prediction(rawValue: try options.choice(
-            "prediction_type", default: "epsilon", allowed: ["epsilon", "sample", "v_prediction"]))!
-        clipSample = try options.bool("clip_sample", default: clipSample)
-        clipSampleRange = try options.number("clip_sample_range", default: clipSampleRange)
-        thresholding = try options.bool("thresholding", default: thresholding)
-        dynamicThresholdingRatio = try options.number("dynamic_thresholding_ratio", default: dynamicThresholdingRatio)
-        sampleMaxValue = try options.number("sample_max_value", default: sampleMaxValue)
+            "prediction_type", default: "epsilon", allowed: predictions.map(\.rawValue)))!
+        if features.contains(.clipping) {
+            clipSample = try options.bool("clip_sample", default: clipSample)
+            clipSampleRange = try options.number("clip_sample_range", default: clipSampleRange)
+        } else {
+            clipSample = false
+        }
+        if features.contains(.thresholding) {
+            thresholding = try options.bool("thresholding", default: thresholding)
+            dynamicThresholdingRatio = try options.number("dynamic_thresholding_ratio", default: dynamicThresholdingRatio)
+            sampleMaxValue = try options.number("sample_max_value", default: sampleMaxValue)
+        }
         timestepSpacing = Spacing(rawValue: try options.choice(
-            "timestep_spacing", default: "leading", allowed: ["leading", "trailing", "linspace"]))!
+            "timestep_spacing", default: spacing.rawValue, allowed: ["leading", "trailing", "linspace"]))!
         stepsOffset = try options.integer("steps_offset", default: 0)
         guard (0...1).contains(dynamicThresholdingRatio) else {
             throw PluginError("dynamic_thresholding_ratio must lie in [0, 1], not \(dynamicThresholdingRatio)")

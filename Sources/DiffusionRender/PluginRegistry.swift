@@ -32,6 +32,8 @@ public final class PluginRegistry: @unchecked Sendable {
         public let name: String
         public let summary: String
         public let file: String
+        /// The ABI minor the component was built for: slots it added are read only when ≥ it.
+        public let minor: Int
         let descriptor: UnsafePointer<Descriptor>
     }
 
@@ -41,6 +43,8 @@ public final class PluginRegistry: @unchecked Sendable {
     public private(set) var schedules: [String: Component<dfn_schedule>] = [:]
     public private(set) var samplers: [String: Component<dfn_sampler>] = [:]
     public private(set) var guidances: [String: Component<dfn_guidance>] = [:]
+    /// The sampler each diffusers scheduler class names (the samplers' own declarations).
+    public private(set) var samplerClasses: [String: String] = [:]
     public private(set) var problems: [String] = []
 
     public init(directories: [String]) {
@@ -117,11 +121,28 @@ public final class PluginRegistry: @unchecked Sendable {
         for i in 0..<Int(descriptor.sampler_count) {
             guard let sampler = descriptor.samplers?[i] else { continue }
             let s = sampler.pointee
-            register(sampler, name: s.name, version: s.abi_version, size: s.size, sizes: Self.samplerSizes,
-                     slots: [("name", s.name != nil), ("create", s.create != nil), ("destroy", s.destroy != nil),
-                             ("set_timesteps", s.set_timesteps != nil), ("step", s.step != nil),
-                             ("save_state", s.save_state != nil), ("restore_state", s.restore_state != nil)],
-                     into: &samplers, file: file)
+            var slots = [("name", s.name != nil), ("create", s.create != nil), ("destroy", s.destroy != nil),
+                         ("set_timesteps", s.set_timesteps != nil), ("step", s.step != nil),
+                         ("save_state", s.save_state != nil), ("restore_state", s.restore_state != nil)]
+            let minor = Int(s.abi_version & 0xffff)
+            if minor >= 1, Self.versionProblem(s.abi_version, s.size, sizes: Self.samplerSizes) == nil {
+                slots += [("describe", s.describe != nil), ("init_noise_sigma", s.init_noise_sigma != nil)]
+            }
+            guard register(sampler, name: s.name, version: s.abi_version, size: s.size, sizes: Self.samplerSizes,
+                           slots: slots, into: &samplers, file: file)
+            else { continue }
+            if minor >= 1, let classes = s.diffusers_classes {
+                var i = 0
+                while let name = classes[i] {
+                    let className = String(cString: name)
+                    if let taken = samplerClasses[className] {
+                        refuse(file, "sampler \(Self.text(s.name)) claims \(className), which sampler \(taken) already implements")
+                    } else {
+                        samplerClasses[className] = Self.text(s.name)
+                    }
+                    i += 1
+                }
+            }
         }
         for i in 0..<Int(descriptor.guidance_count) {
             guard let guidance = descriptor.guidances?[i] else { continue }
@@ -134,32 +155,40 @@ public final class PluginRegistry: @unchecked Sendable {
         }
     }
 
+    /// Adds a component that passes the header's rules; false (and one refusal) when it does not.
+    @discardableResult
     private func register<Descriptor>(
         _ descriptor: UnsafePointer<Descriptor>, name: UnsafePointer<CChar>?, version: UInt32, size: UInt32, sizes: [Int],
         slots: [(String, Bool)], into table: inout [String: Component<Descriptor>], file: String
-    ) {
+    ) -> Bool {
         let name = Self.text(name)
         if let problem = Self.versionProblem(version, size, sizes: sizes) {
-            return refuse(file, "component \(name.isEmpty ? "?" : name): \(problem)")
+            refuse(file, "component \(name.isEmpty ? "?" : name): \(problem)")
+            return false
         }
         if let missing = slots.first(where: { !$0.1 }) {
-            return refuse(file, "component \(name.isEmpty ? "?" : name): its required slot \(missing.0) is NULL")
+            refuse(file, "component \(name.isEmpty ? "?" : name): its required slot \(missing.0) is NULL")
+            return false
         }
         if let existing = table[name] {
-            return refuse(file, "component \(name) is already provided by \(existing.file)")
+            refuse(file, "component \(name) is already provided by \(existing.file)")
+            return false
         }
         let summary = Self.text(UnsafeRawPointer(descriptor).load(fromByteOffset: Self.summaryOffset,
                                                                    as: UnsafePointer<CChar>?.self))
-        table[name] = Component(name: name, summary: summary, file: file, descriptor: descriptor)
+        table[name] = Component(name: name, summary: summary, file: file, minor: Int(version & 0xffff), descriptor: descriptor)
+        return true
     }
 
     /// Each struct's size at each minor version of this ABI major, index = minor:
     /// a struct of minor m must be at least sizes[m] bytes. A minor that adds a
     /// field appends the struct's new size (the offset of the next field added).
-    static let pluginSizes = [MemoryLayout<dfn_plugin>.size]
-    static let scheduleSizes = [MemoryLayout<dfn_schedule>.size]
-    static let samplerSizes = [MemoryLayout<dfn_sampler>.size]
-    static let guidanceSizes = [MemoryLayout<dfn_guidance>.size]
+    static let pluginSizes = [MemoryLayout<dfn_plugin>.size, MemoryLayout<dfn_plugin>.size]
+    static let scheduleSizes = [MemoryLayout<dfn_schedule>.size, MemoryLayout<dfn_schedule>.size]
+    /// 1.1 appended diffusers_classes, describe and init_noise_sigma to dfn_sampler.
+    static let samplerSizes = [MemoryLayout<dfn_sampler>.offset(of: \dfn_sampler.diffusers_classes)!,
+                               MemoryLayout<dfn_sampler>.size]
+    static let guidanceSizes = [MemoryLayout<dfn_guidance>.size, MemoryLayout<dfn_guidance>.size]
     /// Every component struct starts {abi_version, size, name, summary}.
     static let summaryOffset = MemoryLayout<dfn_schedule>.offset(of: \dfn_schedule.summary)!
 

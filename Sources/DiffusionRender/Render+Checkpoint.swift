@@ -1,18 +1,19 @@
 import DiffusionKernels
 import Foundation
 
-/// Everything a render needs to continue exactly where it was: the step index,
+/// Everything a render needs to continue exactly where it was: the evaluations done,
 /// x_t, every image's generator, and the sampler's and guidance's state blobs.
 /// It names the program, the job and the model it belongs to; one that names
 /// anything else is not resumed (the job starts again from its first step).
 public struct RenderCheckpoint: Codable, Sendable {
-    public static let format = 1
+    public static let format = 2
 
     public var format = RenderCheckpoint.format
     public var program: String
     public var job: String
     public var model: String
-    public var step: Int
+    /// Model evaluations consumed (steps, for samplers of one evaluation a step).
+    public var evaluation: Int
     public var sampler: Data
     public var guidance: Data
     public var generators: [[UInt32]]
@@ -24,7 +25,7 @@ extension Render {
     /// The render's state now; `jobKey` identifies the job (e.g. a hash of its JSON).
     public func checkpoint(jobKey: String) -> RenderCheckpoint {
         RenderCheckpoint(
-            program: RenderOutput.programVersion, job: jobKey, model: model.contentHash, step: completedSteps,
+            program: RenderOutput.programVersion, job: jobKey, model: model.contentHash, evaluation: completedEvaluations,
             sampler: Data(sampler.saveState()), guidance: Data(guidance?.saveState() ?? []),
             generators: generators.map(\.generator.state), shape: sample.shape,
             sample: Data(bytes: sample.data, count: sample.count * MemoryLayout<Float>.size))
@@ -35,7 +36,7 @@ extension Render {
     public func resume(from checkpoint: RenderCheckpoint, jobKey: String) throws -> Bool {
         guard checkpoint.format == RenderCheckpoint.format, checkpoint.program == RenderOutput.programVersion,
               checkpoint.job == jobKey, checkpoint.model == model.contentHash, checkpoint.shape == sample.shape,
-              (0..<timesteps.count).contains(checkpoint.step),
+              (0..<evaluations.count).contains(checkpoint.evaluation),
               checkpoint.sample.count == sample.count * MemoryLayout<Float>.size,
               checkpoint.generators.count == generators.count
         else { return false }
@@ -49,7 +50,7 @@ extension Render {
             restored.data.update(from: raw.bindMemory(to: Float.self).baseAddress!, count: restored.count)
         }
         sample = restored
-        completedSteps = checkpoint.step
+        completedEvaluations = checkpoint.evaluation
         predictedOriginal = nil
         return true
     }

@@ -5,7 +5,8 @@ import Foundation
 /// One job being rendered: checked against its model, then stepped to the end.
 ///
 /// The loop is diffusers' pipeline loop with the host in charge: the sampler
-/// chooses the timesteps, the host evaluates the model (both the conditional and
+/// plans its model evaluations (one per step, or more: Heun, a corrector), the
+/// host evaluates the model on `scale_model_input(x)` (both the conditional and
 /// the unconditional pass in one batch when guidance asks for both; an image's
 /// output never depends on its batch-mates), the guidance plugin combines the
 /// outputs, and the sampler turns them into the next sample.
@@ -14,7 +15,8 @@ public final class Render: @unchecked Sendable {
     public let model: LoadedModel
     public internal(set) var sample: Tensor
     public internal(set) var predictedOriginal: Tensor?
-    public internal(set) var completedSteps = 0
+    /// Model evaluations consumed so far (steps, for samplers of one evaluation a step).
+    public internal(set) var completedEvaluations = 0
     /// Seconds spent in the model and in everything else of the steps so far.
     public private(set) var modelSeconds = 0.0
     public private(set) var stepSeconds = 0.0
@@ -25,7 +27,7 @@ public final class Render: @unchecked Sendable {
 
     public var job: Job { plan.job }
     public var seeds: [UInt64] { plan.seeds }
-    public var timesteps: [Int32] { plan.timesteps }
+    public var evaluations: [Sampler.Evaluation] { plan.evaluations }
     var sampler: Sampler { plan.sampler }
     var guidance: Guidance? { plan.guidance }
     var labels: [Int]? { plan.labels }
@@ -46,15 +48,16 @@ public final class Render: @unchecked Sendable {
             classifier = nil
         }
         generators = plan.seeds.map { ImageGenerator(seed: $0) }
+        // x_T = init_noise_sigma · N(0, I), the unit noise from the job or each image's own stream.
         if let initNoise = plan.initNoise {
-            sample = initNoise
+            sample = initNoise.scaled(by: Float(plan.sampler.initNoiseSigma))
         } else {
-            // x_T ~ N(0, I) (init_noise_sigma is 1 for DDPM and DDIM), each image from its own stream.
             let imageValues = model.description.sampleShape.reduce(1, *)
             sample = Tensor(uninitialized: [plan.job.count] + model.description.sampleShape)
             for (image, generator) in generators.enumerated() {
                 generator.generator.fillNormal(sample.data + image * imageValues, count: imageValues)
             }
+            if plan.sampler.initNoiseSigma != 1 { sample = sample.scaled(by: Float(plan.sampler.initNoiseSigma)) }
         }
     }
 
@@ -67,10 +70,21 @@ public final class Render: @unchecked Sendable {
                       model: model, runtime: runtime)
     }
 
-    public var isFinished: Bool { completedSteps == timesteps.count }
+    public var isFinished: Bool { completedEvaluations == evaluations.count }
 
-    /// One step's model evaluation for this render: every pass the guidance asks
-    /// for (conditional and null-label copies side by side), at this render's timestep.
+    /// The job's steps, and those whose every evaluation is done.
+    public var totalSteps: Int { plan.job.steps }
+    public var completedSteps: Int { isFinished ? totalSteps : evaluations[completedEvaluations].step }
+
+    /// Whether the last evaluation ended a step (progress, previews and
+    /// checkpoints happen at step boundaries).
+    public var endedStep: Bool {
+        completedEvaluations > 0 && (isFinished || evaluations[completedEvaluations].step != evaluations[completedEvaluations - 1].step)
+    }
+
+    /// The next model evaluation of this render: every pass the guidance asks
+    /// for (conditional and null-label copies side by side) of the scaled sample,
+    /// at the evaluation's time input.
     public struct ModelPass {
         public let input: Tensor
         public let timesteps: [Float]
@@ -78,9 +92,9 @@ public final class Render: @unchecked Sendable {
         public let labels: [Int]?
     }
 
-    /// The model input of the next step.
+    /// The model input of the next evaluation.
     public func nextModelPass() -> ModelPass {
-        let t = Int(timesteps[completedSteps])
+        let evaluation = evaluations[completedEvaluations]
         let count = job.count
         let wantsConditional = guidance?.needsConditional ?? true
         let wantsUnconditional = guidance?.needsUnconditional ?? false
@@ -89,9 +103,15 @@ public final class Render: @unchecked Sendable {
             passLabels = (wantsConditional ? labels : []) + (wantsUnconditional ? [Int](repeating: model.description.nullClass!, count: count) : [])
         }
         let passes = (wantsConditional ? 1 : 0) + (wantsUnconditional && labels != nil ? 1 : 0)
-        let input = passes == 2 ? Tensor.stacking([sample, sample]) : sample
-        return ModelPass(input: input, timesteps: [Float](repeating: Float(t), count: input.shape[0]),
-                         alphasCumprod: [Double](repeating: plan.levels.alphasCumprod[t], count: input.shape[0]), labels: passLabels)
+        let scaled = scaledSample(evaluation)
+        let input = passes == 2 ? Tensor.stacking([scaled, scaled]) : scaled
+        return ModelPass(input: input, timesteps: [Float](repeating: Float(evaluation.time), count: input.shape[0]),
+                         alphasCumprod: [Double](repeating: evaluation.alphaCumprod, count: input.shape[0]), labels: passLabels)
+    }
+
+    /// diffusers' scale_model_input: the sample as the model sees it.
+    func scaledSample(_ evaluation: Sampler.Evaluation) -> Tensor {
+        evaluation.inputScale == 1 ? sample : sample.scaled(by: Float(evaluation.inputScale))
     }
 
     /// Runs the next step: 1. the model on `nextModelPass()`, 2. guidance, 3. the sampler.
@@ -104,35 +124,37 @@ public final class Render: @unchecked Sendable {
     /// the model call and of preparing its input.
     func finishStep(modelOutput output: Tensor, modelSeconds modelTime: Double, preparationSeconds: Double) throws {
         let start = DispatchTime.now().uptimeNanoseconds
-        let t = Int(timesteps[completedSteps])
+        let evaluation = evaluations[completedEvaluations]
         let count = job.count
         let wantsConditional = guidance?.needsConditional ?? true
         let wantsUnconditional = guidance?.needsUnconditional ?? false
         let passes = output.shape[0] / count
         let conditional = wantsConditional ? (passes == 2 ? output.slice(0..<count) : output) : nil
         let unconditional = wantsUnconditional ? (passes == 2 ? output.slice(count..<(2 * count)) : output) : nil
-        let guided = try guidance?.combine(
-            sample: sample, conditional: conditional, unconditional: unconditional,
-            labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init), timestep: t,
-            alphaCumprod: plan.levels.alphasCumprod[t], classifier: classifier) ?? output
-        let (previous, original) = try sampler.step(completedSteps, modelOutput: guided, sample: sample, generators: generators)
+        let guided = try guidance.map { guidance in
+            try guidance.combine(
+                sample: scaledSample(evaluation), conditional: conditional, unconditional: unconditional,
+                labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init),
+                timestep: Int(evaluation.time.rounded()), alphaCumprod: evaluation.alphaCumprod, classifier: classifier)
+        } ?? output
+        let (previous, original) = try sampler.step(completedEvaluations, modelOutput: guided, sample: sample, generators: generators)
         // A diverging setting (a huge guidance scale, a degenerate schedule) ends
         // the job here with a reason; a NaN must never reach the output files.
         guard previous.isFinite else {
-            throw DiffusionError("step \(completedSteps + 1) of \(timesteps.count) produced values that are not finite (NaN or infinity): the guidance scale or sampler_options diverge")
+            throw DiffusionError("step \(evaluation.step + 1) of \(totalSteps) produced values that are not finite (NaN or infinity): the guidance scale or sampler_options diverge")
         }
         sample = previous
         predictedOriginal = original
-        completedSteps += 1
+        completedEvaluations += 1
         modelSeconds += modelTime
         stepSeconds += modelTime + preparationSeconds + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
-    /// Runs every remaining step, calling `progress(done, total)` after each.
+    /// Runs every remaining evaluation, calling `progress(done, total)` after each step.
     public func run(progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
         while !isFinished {
             try step()
-            progress(completedSteps, timesteps.count)
+            if endedStep { progress(completedSteps, totalSteps) }
         }
         return sample
     }

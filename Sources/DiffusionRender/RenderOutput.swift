@@ -62,7 +62,7 @@ public enum RenderOutput {
     static func parameters(_ render: Render, image: Int) -> String {
         let job = render.job
         let shape = render.model.description.sampleShape
-        var fields = ["Steps: \(render.timesteps.count)", "Sampler: \(render.plan.samplerName.uppercased())"]
+        var fields = ["Steps: \(render.totalSteps)", "Sampler: \(render.plan.samplerName.uppercased())"]
         if let guidance = job.guidance {
             // A scale neither the job nor the model gives is the plugins' default, 1.
             let scale = render.plan.guidanceOptions["scale"] as? NSNumber

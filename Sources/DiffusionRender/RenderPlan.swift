@@ -20,13 +20,19 @@ public final class RenderPlan: @unchecked Sendable {
     /// none was asked; nil for an unconditional model).
     public let labels: [Int]?
     public let levels: NoiseLevels
-    public let timesteps: [Int32]
+    /// Every model evaluation the sampler planned, in order.
+    public let evaluations: [Sampler.Evaluation]
+    /// What the job should know but that does not stop it (a sampler fallback).
+    public let warnings: [String]
     let sampler: Sampler
     let guidance: Guidance?
     /// The guidance options in force: the job's over the model's defaults.
     public let guidanceOptions: [String: Any]
     /// The decoded `init_noise`, when the job has one.
     let initNoise: Tensor?
+
+    /// The sampler of a model whose scheduler class no plugin declares.
+    public static let fallbackSampler = "ddim"
 
     /// The channel counts a PNG holds: grey, grey+alpha, RGB, RGBA.
     public static let pngChannels = 1...4
@@ -54,15 +60,21 @@ public final class RenderPlan: @unchecked Sendable {
             }
             schedulerConfig = object
         }
+        // The default sampler is the one that declares the config's scheduler class.
+        var warnings: [String] = []
         if let name = job.sampler {
             samplerName = name
+        } else if let className = schedulerConfig["_class_name"] as? String, let name = registry.samplerClasses[className] {
+            samplerName = name
         } else {
-            switch schedulerConfig["_class_name"] as? String {
-            case "DDIMScheduler": samplerName = "ddim"
-            case "DDPMScheduler": samplerName = "ddpm"
-            default: throw DiffusionError("the model's scheduler config names no sampler this host knows: give \"sampler\"")
+            let className = schedulerConfig["_class_name"] as? String ?? "no scheduler class"
+            guard registry.samplers[Self.fallbackSampler] != nil else {
+                throw DiffusionError("the model's scheduler config names \(className), which no sampler plugin implements: give \"sampler\"")
             }
+            samplerName = Self.fallbackSampler
+            warnings.append("the model's scheduler config names \(className), which no sampler plugin implements; rendering with \(Self.fallbackSampler)")
         }
+        self.warnings = warnings
         var overrides = job.samplerOptions.mapValues(\.foundation)
         if let schedule = job.betaSchedule { overrides["beta_schedule"] = schedule }
         if let spacing = job.timestepSpacing { overrides["timestep_spacing"] = spacing }
@@ -72,7 +84,8 @@ public final class RenderPlan: @unchecked Sendable {
         if let unread = options.unreadOverrides.first {
             throw DiffusionError("sampler_options: \(unread) is not a setting of sampler \(samplerName) or schedule \(levels.schedule)")
         }
-        timesteps = try sampler.setTimesteps(job.steps)
+        try sampler.setTimesteps(job.steps)
+        evaluations = sampler.evaluations
 
         let classCount = model.classCount
         if let request = job.guidance {

@@ -3,8 +3,15 @@ import DiffusionPluginABI
 import Foundation
 
 /// One job's instance of a sampler plugin, driven as diffusers pipelines drive
-/// their schedulers: `setTimesteps` once, then `step` for each timestep in turn.
+/// their schedulers: `setTimesteps` once, then for each model evaluation it
+/// planned, the model on `inputScale · x` and `step`.
+///
+/// A 1.0 sampler is read as the 1.1 contract with one evaluation per step:
+/// evaluation i is step i at timesteps[i], ᾱ from the noise levels, scale 1,
+/// and x_T unit noise.
 public final class Sampler: @unchecked Sendable {
+    public typealias Evaluation = (step: Int, time: Double, alphaCumprod: Double, inputScale: Double)
+
     public let name: String
     private let component: PluginRegistry.Component<dfn_sampler>
     private let levels: NoiseLevels
@@ -12,7 +19,10 @@ public final class Sampler: @unchecked Sendable {
     private let betas: UnsafeMutablePointer<Double>
     private let alphasCumprod: UnsafeMutablePointer<Double>
     private let instance: UnsafeMutableRawPointer
-    public private(set) var timesteps: [Int32] = []
+    /// What set_timesteps planned: every model evaluation in order.
+    public private(set) var evaluations: [Evaluation] = []
+    /// x_T = initNoiseSigma · unit noise (diffusers' init_noise_sigma).
+    public private(set) var initNoiseSigma = 1.0
 
     public init(name: String, registry: PluginRegistry, options: ComponentOptions, levels: NoiseLevels) throws {
         guard let component = registry.samplers[name] else {
@@ -53,18 +63,67 @@ public final class Sampler: @unchecked Sendable {
         alphasCumprod.deallocate()
     }
 
+    /// Whether the plugin speaks 1.1: it describes its evaluations itself.
+    private var describes: Bool { component.minor >= 1 }
+
+    /// Plans `steps` steps; returns the (rounded) timestep of every evaluation.
+    @discardableResult
     public func setTimesteps(_ steps: Int) throws -> [Int32] {
-        var chosen = [Int32](repeating: 0, count: max(steps, 1))
+        let descriptor = component.descriptor.pointee
+        var capacity = Int32(max(steps, 1))
+        if describes {
+            try pluginCall("sampler \(name)") { error, size in
+                capacity = descriptor.set_timesteps(instance, Int32(steps), nil, 0, error, size)
+                return capacity >= 0
+            }
+        }
+        var chosen = [Int32](repeating: 0, count: Int(max(capacity, 1)))
         var count: Int32 = 0
         try pluginCall("sampler \(name)") { error, size in
-            count = component.descriptor.pointee.set_timesteps(instance, Int32(steps), &chosen, Int32(chosen.count), error, size)
+            count = descriptor.set_timesteps(instance, Int32(steps), &chosen, Int32(chosen.count), error, size)
             return count >= 0
         }
-        timesteps = Array(chosen.prefix(Int(count)))
+        let timesteps = Array(chosen.prefix(Int(count)))
+        guard describes else {
+            evaluations = timesteps.enumerated().map { index, t in
+                (index, Double(t), (0..<levels.trainSteps).contains(Int(t)) ? levels.alphasCumprod[Int(t)] : 1, 1)
+            }
+            return timesteps
+        }
+        evaluations = try (0..<Int(count)).map { index in
+            var evaluation = dfn_evaluation()
+            evaluation.abi_version = PluginHost.abiVersion
+            evaluation.size = UInt32(MemoryLayout<dfn_evaluation>.size)
+            try pluginCall("sampler \(name)") { error, size in
+                descriptor.describe(instance, Int32(index), &evaluation, error, size) == DFN_OK
+            }
+            return (Int(evaluation.step), evaluation.time, evaluation.alpha_cumprod, evaluation.input_scale)
+        }
+        initNoiseSigma = descriptor.init_noise_sigma(instance)
+        try checkPlan(steps: steps)
         return timesteps
     }
 
-    /// Step `index` for a batch `[images, ...]`: returns x_{t−1} and the predicted x₀.
+    /// A plan the loop can drive: steps 0..<steps in order, every number finite,
+    /// ᾱ in (0, 1].
+    private func checkPlan(steps: Int) throws {
+        var expected = 0
+        for (index, e) in evaluations.enumerated() {
+            if index > 0, e.step != expected { expected += 1 }
+            guard e.step == expected, e.step < steps else {
+                throw DiffusionError("sampler \(name): evaluation \(index) belongs to step \(e.step), out of order for \(steps) steps")
+            }
+            guard e.time.isFinite, e.inputScale.isFinite, e.alphaCumprod > 0, e.alphaCumprod <= 1 else {
+                throw DiffusionError("sampler \(name): evaluation \(index) has time \(e.time), ᾱ \(e.alphaCumprod), input scale \(e.inputScale)")
+            }
+        }
+        guard expected == steps - 1, initNoiseSigma.isFinite, initNoiseSigma > 0 else {
+            throw DiffusionError("sampler \(name): planned \(expected + 1) of \(steps) steps with init_noise_sigma \(initNoiseSigma)")
+        }
+    }
+
+    /// Consumes evaluation `index` for a batch `[images, ...]`: returns the next
+    /// sample and the predicted x₀.
     public func step(_ index: Int, modelOutput: Tensor, sample: Tensor, generators: [ImageGenerator]) throws
         -> (previous: Tensor, predictedOriginal: Tensor)
     {

@@ -115,7 +115,7 @@ struct RenderJob: ParsableCommand {
                     FileHandle.standardError.write(Data("step \(step)/\(total)\n".utf8))
                 }
             }
-            print("rendered \(done.job.count) image(s) with \(done.plan.samplerName) in \(done.timesteps.count) steps into \(output)")
+            print("rendered \(done.job.count) image(s) with \(done.plan.samplerName) in \(done.totalSteps) steps into \(output)")
         } catch let error as DiffusionError {
             FileHandle.standardError.write(Data("diffusiond: \(error.message)\n".utf8))
             throw ExitCode(1)

@@ -7,10 +7,17 @@ import Testing
         let registry = TestSupport.registry
         #expect(registry.problems.isEmpty, "\(registry.problems)")
         #expect(Set(registry.schedules.keys) == ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
-        #expect(Set(registry.samplers.keys) == ["ddpm", "ddim"])
+        #expect(Set(registry.samplers.keys) == ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpmsolver++",
+                                                 "unipc", "pndm"])
+        #expect(registry.samplerClasses == [
+            "DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
+            "EulerAncestralDiscreteScheduler": "euler_ancestral", "HeunDiscreteScheduler": "heun",
+            "LMSDiscreteScheduler": "lms", "DPMSolverMultistepScheduler": "dpmsolver++",
+            "UniPCMultistepScheduler": "unipc", "PNDMScheduler": "pndm",
+        ])
         #expect(registry.schedules["sigmoid"]?.file.hasSuffix("libdiffusion-plugin-sigmoid-schedule.so") == true)
         #expect(Set(registry.guidances.keys) == ["cfg", "classifier"])
-        #expect(Set(registry.libraries.map(\.name)) == ["schedules", "sigmoid-schedule", "ddpm", "ddim", "guidance"])
+        #expect(Set(registry.libraries.map(\.name)) == ["schedules", "sigmoid-schedule", "ddpm", "ddim", "guidance", "samplers"])
     }
 
     /// Compiles a one-file C plugin whose descriptor has `abi` and the given body.
@@ -57,8 +64,8 @@ import Testing
         let registry = PluginRegistry(directories: [directory, "\(directory)/missing"])
         #expect(Set(registry.schedules.keys) == ["good"])
         func problem(_ file: String) -> String? { registry.problems.first { $0.contains("/\(file) ") } }
-        #expect(problem("libdiffusion-plugin-major.so")?.contains("built for plugin ABI 2.0, this host speaks 1.0") == true)
-        #expect(problem("libdiffusion-plugin-minor.so")?.contains("built for plugin ABI 1.99, this host speaks 1.0") == true)
+        #expect(problem("libdiffusion-plugin-major.so")?.contains("built for plugin ABI 2.0, this host speaks 1.1") == true)
+        #expect(problem("libdiffusion-plugin-minor.so")?.contains("built for plugin ABI 1.99, this host speaks 1.1") == true)
         #expect(problem("libdiffusion-plugin-declines.so")?.contains("declined this host") == true)
         #expect(problem("libdiffusion-plugin-nosymbol.so")?.contains("does not export diffusion_plugin_init") == true)
         #expect(problem("libdiffusion-plugin-twin.so")?.contains(

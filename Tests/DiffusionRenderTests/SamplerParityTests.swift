@@ -117,11 +117,56 @@ import Testing
             try make(["variance_type": "learned"], "ddpm")
         }
         #expect(throws: DiffusionError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
-        #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm)")) { try make([:], "plms") }
+        #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, lms, pndm, unipc)")) { try make([:], "plms") }
         let sampler = try Sampler(name: "ddpm", registry: TestSupport.registry,
                                   options: ComponentOptions(modelConfig: [:], overrides: [:]), levels: levels)
         #expect(throws: DiffusionError("sampler ddpm: steps must be between 1 and num_train_timesteps (1000), not 1001")) {
             try sampler.setTimesteps(1001)
         }
+    }
+}
+
+/// The ABI 1.1 samplers against diffusers' pipeline loop: each evaluation's time
+/// input and `scale_model_input`, `init_noise_sigma`, and the trajectory.
+@Suite struct PipelineSamplerParityTests {
+    static var cases: [[String: Any]] { SamplerParityTests.fixture["pipeline_cases"] as! [[String: Any]] }
+
+    @Test(arguments: cases.indices)
+    func trajectoriesMatchDiffusers(_ index: Int) throws {
+        let c = Self.cases[index]
+        let name = c["sampler"] as! String
+        let config = c["config"] as! [String: Any]
+        let shape = c["shape"] as! [Int]
+        let options = ComponentOptions(modelConfig: config, overrides: c["options"] as! [String: Any])
+        let levels = try NoiseLevels(options: options, registry: TestSupport.registry)
+        let sampler = try Sampler(name: name, registry: TestSupport.registry, options: options, levels: levels)
+        try sampler.setTimesteps(c["steps"] as! Int)
+        #expect(options.unreadOverrides.isEmpty)
+        let times = (c["times"] as! [NSNumber]).map(\.doubleValue)
+        let scales = (c["input_scales"] as! [NSNumber]).map(\.doubleValue)
+        try #require(sampler.evaluations.count == times.count, "\(name): \(sampler.evaluations.count) evaluations, diffusers \(times.count)")
+        for (i, evaluation) in sampler.evaluations.enumerated() {
+            // diffusers keeps times and σ in float32
+            #expect(abs(evaluation.time - times[i]) <= 2e-4 * max(1, abs(times[i])), "\(name) evaluation \(i) time \(evaluation.time) vs \(times[i])")
+            // diffusers' ᾱ is a float32 product of T factors, relatively off by up to T·2⁻²⁴, which
+            // moves σ (and the scale, and every Karras σ through σ_max) by half that at most
+            let tolerance = 1e-6 + Double(levels.trainSteps) * 0x1p-24 / 2
+            #expect(abs(evaluation.inputScale - scales[i]) <= tolerance * scales[i], "\(name) evaluation \(i) scale")
+        }
+        let sigma = (c["init_noise_sigma"] as! NSNumber).doubleValue
+        #expect(abs(sampler.initNoiseSigma - sigma) <= 1e-5 * sigma)
+
+        func tensor(_ values: Any) -> Tensor { Tensor(shape: shape, scalars: (values as! [NSNumber]).map(\.floatValue)) }
+        let generators = (c["seeds"] as! [NSNumber]).map { ImageGenerator(seed: $0.uint64Value) }
+        var x = tensor(c["noise"]!).scaled(by: Float(sampler.initNoiseSigma))
+        var worst: Float = 0
+        for (i, (output, expected)) in zip(c["model_outputs"] as! [Any], c["trajectory"] as! [Any]).enumerated() {
+            x = try sampler.step(i, modelOutput: tensor(output), sample: x, generators: generators).previous
+            let reference = tensor(expected)
+            let magnitude = max(1, (0..<reference.count).map { abs(reference.data[$0]) }.max()!)
+            worst = max(worst, x.maxAbsDifference(reference) / magnitude)
+        }
+        print("pipeline sampler case \(index) (\(name), \(c["options"]!)): max relative step error \(worst)")
+        #expect(worst < 1e-4, "\(name) case \(index)")
     }
 }

@@ -19,9 +19,14 @@ import pathlib
 import numpy as np
 import torch
 import diffusers
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
+                       UniPCMultistepScheduler)
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 import diffusers.schedulers.scheduling_ddim as ddim_module
+import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
+import diffusers.schedulers.scheduling_euler_discrete as euler_module
 
 OUT = pathlib.Path("Tests/DiffusionRenderTests/Fixtures")
 M32 = 0xFFFFFFFF
@@ -92,6 +97,56 @@ SAMPLERS = [
               "clip_sample": False}, {}, 25),
 ]
 
+# The ABI 1.1 samplers, driven as diffusers pipelines drive them: for each of
+# scheduler.timesteps, x_in = scale_model_input(x, t), then step. Options that
+# diffusers takes as step() arguments (Euler's churn, LMS's order) are `options`.
+PIPELINE_SAMPLERS = [
+    ("euler", EulerDiscreteScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}, 10),
+    ("euler", EulerDiscreteScheduler, {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, {}, 12),
+    ("euler", EulerDiscreteScheduler, {"timestep_spacing": "leading", "steps_offset": 1, "interpolation_type": "log_linear"},
+     {"s_churn": 0.5, "s_tmin": 0.1, "s_tmax": 20.0}, 9),
+    ("euler", EulerDiscreteScheduler, {"timestep_spacing": "trailing", "final_sigmas_type": "sigma_min",
+                                       "prediction_type": "sample"}, {}, 8),
+    ("euler_ancestral", EulerAncestralDiscreteScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                                                          "beta_end": 0.012}, {}, 10),
+    ("euler_ancestral", EulerAncestralDiscreteScheduler, {"prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+     {}, 7),
+    ("heun", HeunDiscreteScheduler, {"beta_schedule": "scaled_linear"}, {}, 8),
+    ("heun", HeunDiscreteScheduler, {"use_karras_sigmas": True, "beta_schedule": "linear", "beta_start": 0.0001,
+                                     "beta_end": 0.02, "prediction_type": "v_prediction"}, {}, 6),
+    ("heun", HeunDiscreteScheduler, {"timestep_spacing": "leading", "steps_offset": 1, "clip_sample": True,
+                                     "prediction_type": "sample"}, {}, 5),
+    ("lms", LMSDiscreteScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}, {}, 12),
+    ("lms", LMSDiscreteScheduler, {"use_karras_sigmas": True, "prediction_type": "v_prediction"}, {"order": 3}, 10),
+    ("lms", LMSDiscreteScheduler, {"timestep_spacing": "trailing"}, {"order": 1}, 6),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {}, {}, 20),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"solver_order": 3, "use_karras_sigmas": True}, {}, 12),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"solver_type": "heun", "lower_order_final": False,
+                                                  "final_sigmas_type": "sigma_min", "prediction_type": "v_prediction",
+                                                  "beta_schedule": "squaredcos_cap_v2"}, {}, 10),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "timestep_spacing": "leading",
+                                                  "steps_offset": 1}, {}, 15),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "solver_order": 3,
+                                                  "solver_type": "heun", "timestep_spacing": "trailing",
+                                                  "thresholding": True, "sample_max_value": 1.2}, {}, 9),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"solver_order": 1, "euler_at_final": True,
+                                                  "lambda_min_clipped": -5.1}, {}, 6),
+    ("unipc", UniPCMultistepScheduler, {}, {}, 10),
+    # bh1 and predict_x0 false end in NaN at a zero final σ in diffusers (0·∞), so these end at σ_min
+    ("unipc", UniPCMultistepScheduler, {"solver_type": "bh1", "solver_order": 3, "use_karras_sigmas": True,
+                                        "final_sigmas_type": "sigma_min"}, {}, 12),
+    ("unipc", UniPCMultistepScheduler, {"predict_x0": False, "prediction_type": "v_prediction", "final_sigmas_type": "sigma_min",
+                                        "timestep_spacing": "trailing", "disable_corrector": [0, 3]}, {}, 8),
+    ("unipc", UniPCMultistepScheduler, {"lower_order_final": False, "final_sigmas_type": "sigma_min",
+                                        "timestep_spacing": "leading", "steps_offset": 1, "thresholding": True}, {}, 16),
+    ("pndm", PNDMScheduler, {"beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012,
+                             "skip_prk_steps": True, "steps_offset": 1}, {}, 12),
+    ("pndm", PNDMScheduler, {}, {}, 10),
+    ("pndm", PNDMScheduler, {"prediction_type": "v_prediction", "set_alpha_to_one": True, "timestep_spacing": "trailing"},
+     {}, 6),
+    ("pndm", PNDMScheduler, {"skip_prk_steps": True, "timestep_spacing": "linspace"}, {}, 5),
+]
+
 SHAPE = (2, 2, 4, 4)  # two images of 32 values
 
 
@@ -139,10 +194,50 @@ def main():
                       "sample": start.flatten().tolist(), "model_outputs": [o.flatten().tolist() for o in outputs],
                       "trajectory": trajectory})
 
+    pipeline_cases = [pipeline_case(index, *case) for index, case in enumerate(PIPELINE_SAMPLERS)]
+
     (OUT / "samplers.json").write_text(json.dumps({
         "made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}",
-        "schedules": schedules, "spacings": spacings, "cases": cases}) + "\n")
-    print(f"{len(schedules)} schedules, {len(spacings)} spacings, {len(cases)} sampler cases")
+        "schedules": schedules, "spacings": spacings, "cases": cases, "pipeline_cases": pipeline_cases}) + "\n")
+    print(f"{len(schedules)} schedules, {len(spacings)} spacings, {len(cases)} sampler cases, "
+          f"{len(pipeline_cases)} pipeline sampler cases")
+
+
+def pipeline_case(index, sampler, kind, config, options, steps):
+    """One sampler's whole loop from x_T = init_noise_sigma · unit noise, with
+    synthetic model outputs, each evaluation's time input and input scale."""
+    seeds = [5000 + 100 * index + i for i in range(SHAPE[0])]
+    streams = [Philox(seed) for seed in seeds]
+
+    def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        per_image = int(np.prod(shape[1:]))
+        values = [[s.normal() for _ in range(per_image)] for s in streams]
+        return torch.tensor(values, dtype=torch.float64).reshape(shape)
+
+    for module in (euler_module, euler_ancestral_module, dpm_module):
+        module.randn_tensor = host_noise
+    scheduler = kind(**config)
+    scheduler.set_timesteps(steps)
+    generator = torch.Generator().manual_seed(100 + index)
+    unit = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
+    x = unit * float(scheduler.init_noise_sigma)
+    outputs, trajectory, times, scales = [], [], [], []
+    for t in scheduler.timesteps:
+        scaled = scheduler.scale_model_input(torch.ones(1, dtype=torch.float64), t)
+        times.append(float(t))
+        scales.append(float(scaled.flatten()[0]))
+        output = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
+        outputs.append(output)
+        x = scheduler.step(output, t, x, **options).prev_sample.to(torch.float64)
+        trajectory.append(x.flatten().tolist())
+    # the whole config, as save_pretrained writes scheduler_config.json (diffusers' class defaults included)
+    # (less an infinite lambda_min_clipped, which JSON cannot hold and is the default)
+    saved = {key: value for key, value in json.loads(scheduler.to_json_string()).items()
+             if not (isinstance(value, float) and not math.isfinite(value))}
+    return {"sampler": sampler, "config": saved, "options": options, "steps": steps, "seeds": seeds,
+            "shape": list(SHAPE), "times": times, "input_scales": scales,
+            "init_noise_sigma": float(scheduler.init_noise_sigma), "noise": unit.flatten().tolist(),
+            "model_outputs": [o.flatten().tolist() for o in outputs], "trajectory": trajectory}
 
 
 if __name__ == "__main__":
