@@ -15,7 +15,7 @@ import Foundation
 
 final class DPMSolverInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: MultistepSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     let stochastic: Bool
@@ -33,8 +33,8 @@ final class DPMSolverInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [.thresholding], spacing: .linspace)
+        sigmaOptions = try MultistepSigmaPlan.Options(options, karrasBounds: false)
         let alphas = Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps)))
         schedule = SigmaSchedule(alphasCumprod: alphas)
         stochastic = try options.choice("algorithm_type", default: "dpmsolver++",
@@ -45,7 +45,8 @@ final class DPMSolverInstance: SamplerInstance {
         lowerOrderFinal = try options.bool("lower_order_final", default: true)
         eulerAtFinal = try options.bool("euler_at_final", default: false)
         roundsKarras = try options.optionalString("beta_schedule") != "squaredcos_cap_v2"
-        if let variance = try options.optionalString("variance_type") {
+        // DDPM's fixed variances (a DDPM config read by this sampler) mean nothing here
+        if let variance = try options.optionalString("variance_type"), variance.hasPrefix("learned") {
             throw PluginError("variance_type \"\(variance)\" (a model predicting its variance) is not supported by dpmsolver++")
         }
         // the first timestep index (from T) whose λ is below lambda_min_clipped is never used
@@ -57,8 +58,8 @@ final class DPMSolverInstance: SamplerInstance {
     var steps: Int { plan?.timesteps.count ?? 0 }
 
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try MultistepSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options,
-                                          roundsKarras: roundsKarras, karrasBounds: false, karrasFinal: false, last: lastTimestep)
+        let plan = try MultistepSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions,
+                                          roundsKarras: roundsKarras, karrasFinal: false, last: lastTimestep)
         self.plan = plan
         history = []
         lowerOrderSteps = 0

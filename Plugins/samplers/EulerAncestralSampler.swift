@@ -10,7 +10,7 @@ import DiffusionPluginKit
 
 final class EulerAncestralInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     var plan: DiscreteSigmaPlan?
@@ -18,13 +18,13 @@ final class EulerAncestralInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [], spacing: .linspace, predictions: [.epsilon, .vPrediction])
+        sigmaOptions = try DiscreteSigmaPlan.Options(options, keys: [])
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
     }
 
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options, keys: [])
+        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
         self.plan = plan
         return (0..<steps).map { plan.evaluation($0, step: $0) }
     }

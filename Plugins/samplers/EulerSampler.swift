@@ -14,7 +14,7 @@ import DiffusionPluginKit
 
 final class EulerInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     let churn: Double, churnMin: Double, churnMax: Double, churnNoise: Double
@@ -23,8 +23,8 @@ final class EulerInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [], spacing: .linspace)
+        sigmaOptions = try DiscreteSigmaPlan.Options(options, keys: [.karras, .interpolation, .finalSigmas, .sigmaBounds, .continuous])
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
         churn = try options.number("s_churn", default: 0, in: 0...1000)
         churnMin = try options.number("s_tmin", default: 0)
@@ -33,8 +33,7 @@ final class EulerInstance: SamplerInstance {
     }
 
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options,
-                                         keys: [.karras, .interpolation, .finalSigmas, .sigmaBounds, .continuous])
+        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
         self.plan = plan
         return (0..<steps).map { plan.evaluation($0, step: $0) }
     }

@@ -12,7 +12,7 @@ import DiffusionPluginKit
 
 final class HeunInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     var plan: DiscreteSigmaPlan?
@@ -23,8 +23,8 @@ final class HeunInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [.clipping], spacing: .linspace)
+        sigmaOptions = try DiscreteSigmaPlan.Options(options, keys: [.karras])
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
     }
 
@@ -32,7 +32,7 @@ final class HeunInstance: SamplerInstance {
 
     /// Evaluation 2k is step k's first at σ_k; 2k + 1 its second at σ_{k+1}.
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options, keys: [.karras])
+        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
         self.plan = plan
         derivative = []
         start = []

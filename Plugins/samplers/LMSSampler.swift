@@ -13,7 +13,7 @@ import DiffusionPluginKit
 
 final class LMSInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     let order: Int
@@ -23,8 +23,8 @@ final class LMSInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [], spacing: .linspace)
+        sigmaOptions = try DiscreteSigmaPlan.Options(options, keys: [.karras])
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
         order = try options.integer("order", default: 4)
         guard (1...4).contains(order) else { throw PluginError("order must be 1 to 4, not \(order)") }
@@ -33,7 +33,7 @@ final class LMSInstance: SamplerInstance {
     var steps: Int { plan?.timesteps.count ?? 0 }
 
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options, keys: [.karras])
+        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
         self.plan = plan
         derivatives = []
         return (0..<steps).map { plan.evaluation($0, step: $0) }

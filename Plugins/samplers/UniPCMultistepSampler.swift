@@ -14,7 +14,7 @@ import Foundation
 
 final class UniPCInstance: SamplerInstance {
     let host: UnsafePointer<dfn_host>
-    let options: PluginOptions
+    let sigmaOptions: MultistepSigmaPlan.Options
     let settings: SamplerSettings
     let schedule: SigmaSchedule
     let order: Int
@@ -32,8 +32,8 @@ final class UniPCInstance: SamplerInstance {
 
     init(host: UnsafePointer<dfn_host>, options: PluginOptions, levels: dfn_noise_levels) throws {
         self.host = host
-        self.options = options
         settings = try SamplerSettings(options, features: [.thresholding], spacing: .linspace)
+        sigmaOptions = try MultistepSigmaPlan.Options(options, karrasBounds: true)
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
         order = try options.integer("solver_order", default: 2)
         guard (1...3).contains(order) else { throw PluginError("solver_order must be 1, 2 or 3, not \(order)") }
@@ -46,8 +46,8 @@ final class UniPCInstance: SamplerInstance {
     var steps: Int { plan?.timesteps.count ?? 0 }
 
     func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try MultistepSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: options,
-                                          roundsKarras: true, karrasBounds: true, karrasFinal: true)
+        let plan = try MultistepSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions,
+                                          roundsKarras: true, karrasFinal: true)
         // ε-space UniP's last step is σ_t·(e^h − 1) with both factors at 0 and ∞ (diffusers returns NaN)
         guard predictOriginal || !plan.finalSigmaIsZero else {
             throw PluginError("predict_x0 false needs final_sigmas_type \"sigma_min\" (a zero final σ divides by zero)")

@@ -50,8 +50,9 @@ enum { DFN_OK = 0, DFN_ERROR = -1 };
 enum { DFN_LOG_DEBUG = 0, DFN_LOG_INFO = 1, DFN_LOG_WARNING = 2, DFN_LOG_ERROR = 3 };
 
 /* A component's settings (from the model's scheduler config and the job),
- * read through the host's option_* functions. The host rejects keys no
- * component read, so a misspelt setting is an error, never ignored. */
+ * read through the host's option_* functions during `create` only (the
+ * handle is not valid afterwards). The host rejects keys no component read,
+ * so a misspelt setting is an error, never ignored. */
 typedef struct dfn_options dfn_options;
 
 /* One image's random stream (the job's generator for that image). */

@@ -136,42 +136,51 @@ public struct DiscreteSigmaPlan: Sendable {
         public static let continuous = Keys(rawValue: 16)    // timestep_type
     }
 
+    /// The keys of `Keys` as one class reads them, at create.
+    public struct Options: Sendable {
+        var karras = false, logLinear = false, finalSigmaMin = false, continuous = false
+        var bounds: (min: Double?, max: Double?) = (nil, nil)
+
+        public init(_ options: PluginOptions, keys: Keys) throws {
+            try refuseUnsupported(options, ["use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr"])
+            if keys.contains(.karras) { karras = try options.bool("use_karras_sigmas", default: false) }
+            if keys.contains(.interpolation) {
+                logLinear = try options.choice("interpolation_type", default: "linear", allowed: ["linear", "log_linear"]) == "log_linear"
+            }
+            if keys.contains(.finalSigmas) {
+                finalSigmaMin = try options.choice("final_sigmas_type", default: "zero", allowed: ["zero", "sigma_min"]) == "sigma_min"
+            }
+            if keys.contains(.sigmaBounds) { bounds = (try options.optionalNumber("sigma_min"), try options.optionalNumber("sigma_max")) }
+            if keys.contains(.continuous) {
+                continuous = try options.choice("timestep_type", default: "discrete", allowed: ["discrete", "continuous"]) == "continuous"
+            }
+        }
+    }
+
     public let timesteps: [Double]
     /// σ of each step, then the σ the last step ends at.
     public let sigmas: [Double]
     public let initNoiseSigma: Double
 
-    public init(steps: Int, schedule: SigmaSchedule, settings: SamplerSettings, options: PluginOptions, keys: Keys) throws {
-        try refuseUnsupported(options, ["use_exponential_sigmas", "use_beta_sigmas", "rescale_betas_zero_snr"])
-        let karras = keys.contains(.karras) ? try options.bool("use_karras_sigmas", default: false) : false
-        let logLinear = keys.contains(.interpolation)
-            ? try options.choice("interpolation_type", default: "linear", allowed: ["linear", "log_linear"]) == "log_linear" : false
-        let finalSigmaMin = keys.contains(.finalSigmas)
-            ? try options.choice("final_sigmas_type", default: "zero", allowed: ["zero", "sigma_min"]) == "sigma_min" : false
-        var bounds: (Double?, Double?) = (nil, nil)
-        if keys.contains(.sigmaBounds) {
-            bounds = (try options.optionalNumber("sigma_min"), try options.optionalNumber("sigma_max"))
-        }
-        let continuous = keys.contains(.continuous)
-            ? try options.choice("timestep_type", default: "discrete", allowed: ["discrete", "continuous"]) == "continuous" : false
-        let continuousV = continuous && settings.predictionType == .vPrediction
-
+    public init(steps: Int, schedule: SigmaSchedule, settings: SamplerSettings, options: Options) throws {
         var timesteps = try schedule.timesteps(steps: steps, spacing: settings.timestepSpacing,
                                                stepsOffset: settings.stepsOffset, family: .discrete)
         var sigmas: [Double]
-        if logLinear {
+        if options.logLinear {
             // diffusers: exp(linspace(log σ_max, log σ_min, n + 1)), all n + 1 used
             let (high, low) = (log(schedule.trainSigmas.last!), log(schedule.trainSigmas[0]))
             sigmas = (0...steps).map { exp(high + (low - high) * Double($0) / Double(steps)) }
         } else {
             sigmas = timesteps.map(schedule.sigma(at:))
         }
-        if karras {
-            sigmas = SigmaSchedule.karras(sigmaMin: bounds.0 ?? sigmas.last!, sigmaMax: bounds.1 ?? sigmas[0], steps: steps)
+        if options.karras {
+            sigmas = SigmaSchedule.karras(sigmaMin: options.bounds.min ?? sigmas.last!, sigmaMax: options.bounds.max ?? sigmas[0],
+                                          steps: steps)
             timesteps = sigmas.map(schedule.timestep(ofSigma:))
         }
-        sigmas.append(finalSigmaMin ? schedule.trainSigmas[0] : 0)
-        if continuousV { timesteps = sigmas.dropLast().map { 0.25 * log($0) } }
+        sigmas.append(options.finalSigmaMin ? schedule.trainSigmas[0] : 0)
+        // continuous v-prediction models take 0.25·log σ as their time
+        if options.continuous && settings.predictionType == .vPrediction { timesteps = sigmas.dropLast().map { 0.25 * log($0) } }
         self.timesteps = timesteps
         self.sigmas = sigmas
         let largest = sigmas.max()!
@@ -190,41 +199,50 @@ public struct DiscreteSigmaPlan: Sendable {
 /// timesteps of the spacing and σ interpolated at them, or Karras σ and their
 /// (rounded) timesteps; then the final σ. The model sees x unscaled.
 public struct MultistepSigmaPlan: Sendable {
+    /// The keys of one class, read at create. `karrasBounds`: the class's
+    /// sigma_min/sigma_max keys.
+    public struct Options: Sendable {
+        var karras = false, finalSigmaMin = false
+        var bounds: (min: Double?, max: Double?) = (nil, nil)
+
+        public init(_ options: PluginOptions, karrasBounds: Bool) throws {
+            try refuseUnsupported(options, ["use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas",
+                                            "rescale_betas_zero_snr", "use_dynamic_shifting"])
+            karras = try options.bool("use_karras_sigmas", default: false)
+            finalSigmaMin = try options.choice("final_sigmas_type", default: "zero", allowed: ["zero", "sigma_min"]) == "sigma_min"
+            if karrasBounds { bounds = (try options.optionalNumber("sigma_min"), try options.optionalNumber("sigma_max")) }
+        }
+    }
+
     public let timesteps: [Double]
     /// σ of each step, then the σ the last step ends at.
     public let sigmas: [Double]
     public let finalSigmaIsZero: Bool
 
     /// `roundsKarras`: whether Karras timesteps are rounded (DPM-Solver leaves
-    /// them fractional for squaredcos_cap_v2, then truncates); `karrasBounds`:
-    /// the class's sigma_min/sigma_max keys; `karrasFinal`: sigma_min ends at
-    /// the last Karras σ (UniPC) rather than the training σ_0.
-    public init(steps: Int, schedule: SigmaSchedule, settings: SamplerSettings, options: PluginOptions,
-                roundsKarras: Bool, karrasBounds: Bool, karrasFinal: Bool, last: Int? = nil) throws {
-        try refuseUnsupported(options, ["use_exponential_sigmas", "use_beta_sigmas", "use_lu_lambdas", "use_flow_sigmas",
-                                        "rescale_betas_zero_snr", "use_dynamic_shifting"])
-        let karras = try options.bool("use_karras_sigmas", default: false)
-        let finalSigmaMin = try options.choice("final_sigmas_type", default: "zero", allowed: ["zero", "sigma_min"]) == "sigma_min"
-        let bounds = karrasBounds ? (try options.optionalNumber("sigma_min"), try options.optionalNumber("sigma_max")) : (nil, nil)
+    /// them fractional for squaredcos_cap_v2, then truncates); `karrasFinal`:
+    /// sigma_min ends at the last Karras σ (UniPC) rather than the training σ_0.
+    public init(steps: Int, schedule: SigmaSchedule, settings: SamplerSettings, options: Options,
+                roundsKarras: Bool, karrasFinal: Bool, last: Int? = nil) throws {
         var timesteps = try schedule.timesteps(steps: steps, spacing: settings.timestepSpacing,
                                                stepsOffset: settings.stepsOffset, family: .multistep, last: last)
         var sigmas: [Double]
-        if karras {
-            sigmas = SigmaSchedule.karras(sigmaMin: bounds.0 ?? schedule.trainSigmas[0],
-                                          sigmaMax: bounds.1 ?? schedule.trainSigmas.last!, steps: steps)
+        if options.karras {
+            sigmas = SigmaSchedule.karras(sigmaMin: options.bounds.min ?? schedule.trainSigmas[0],
+                                          sigmaMax: options.bounds.max ?? schedule.trainSigmas.last!, steps: steps)
             // to int64 as diffusers stores them: rounded, or truncated toward zero
             timesteps = sigmas.map { sigma in
                 let t = schedule.timestep(ofSigma: sigma)
                 return (roundsKarras ? t.rounded(.toNearestOrEven) : t).rounded(.towardZero)
             }
-            sigmas.append(finalSigmaMin ? (karrasFinal ? sigmas.last! : schedule.trainSigmas[0]) : 0)
+            sigmas.append(options.finalSigmaMin ? (karrasFinal ? sigmas.last! : schedule.trainSigmas[0]) : 0)
         } else {
             sigmas = timesteps.map(schedule.sigma(at:))
-            sigmas.append(finalSigmaMin ? schedule.trainSigmas[0] : 0)
+            sigmas.append(options.finalSigmaMin ? schedule.trainSigmas[0] : 0)
         }
         self.timesteps = timesteps
         self.sigmas = sigmas
-        finalSigmaIsZero = !finalSigmaMin
+        finalSigmaIsZero = !options.finalSigmaMin
     }
 
     public var evaluations: [Evaluation] {

@@ -22,7 +22,8 @@ import Testing
     /// mixture restricted to `components`: shares within 4 standard errors, means
     /// within 4 standard errors plus 0.05, stds within 10% (the samplers' own
     /// discretization error at these step counts is a few percent).
-    func expectMatches(_ samples: Tensor, components: [GaussianMixture.Component], _ what: String) {
+    func expectMatches(_ samples: Tensor, components: [GaussianMixture.Component], _ what: String,
+                       stdTolerance: Double = 0.1) {
         let n = samples.shape[0]
         let total = components.map(\.weight).reduce(0, +)
         var groups = [[Double]](repeating: [], count: components.count)
@@ -43,7 +44,7 @@ import Testing
             let mean = groups[k].reduce(0, +) / m
             let std = (groups[k].map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / m).squareRoot()
             #expect(abs(mean) <= 4 * c.std / m.squareRoot() + 0.05, "\(what): component \(k) mean off by \(mean)")
-            #expect(abs(std / c.std - 1) <= 0.1, "\(what): component \(k) std \(std), expected \(c.std)")
+            #expect(abs(std / c.std - 1) <= stdTolerance, "\(what): component \(k) std \(std), expected \(c.std)")
         }
     }
 
@@ -55,6 +56,28 @@ import Testing
     @Test func ddimSamplesTheMixture() throws {
         let samples = try render(#"{"model": "gmm", "sampler": "ddim", "steps": 100, "count": 2000, "seed": 2}"#)
         expectMatches(samples, components: Self.mixture.components, "ddim")
+    }
+
+    /// Every ABI 1.1 sampler at the step count people use it with, on Stable
+    /// Diffusion's noise levels (scaled_linear) with Karras σ where the sampler
+    /// has them, as these samplers are run ("DPM++ 2M Karras"). On the linear
+    /// schedule's σ_max ≈ 157 with the default spacing, diffusers' own samplers
+    /// miss these narrow components' stds by 10–35% at these step counts.
+    @Test(arguments: [("dpmsolver++", 20, true), ("unipc", 10, true), ("euler", 30, true), ("heun", 30, true),
+                      ("lms", 50, true), ("pndm", 50, false)])
+    func samplerSamplesTheMixture(_ sampler: String, _ steps: Int, _ karras: Bool) throws {
+        let options = #""beta_start": 0.00085, "beta_end": 0.012"# + (karras ? #", "use_karras_sigmas": true"# : "")
+        let samples = try render(#"{"model": "gmm", "sampler": "\#(sampler)", "steps": \#(steps), "count": 2000, "seed": 4, "beta_schedule": "scaled_linear", "sampler_options": {\#(options)}}"#)
+        expectMatches(samples, components: Self.mixture.components, "\(sampler) at \(steps) steps")
+    }
+
+    /// Euler ancestral is first order in σ with fresh noise every step: at 50
+    /// steps it narrows these components by 13–20% (diffusers' own
+    /// EulerAncestralDiscreteScheduler measures the same on this mixture), so
+    /// its check is the shares and the stds within 25%.
+    @Test func eulerAncestralSamplesTheMixture() throws {
+        let samples = try render(#"{"model": "gmm", "sampler": "euler_ancestral", "steps": 50, "count": 2000, "seed": 5, "beta_schedule": "scaled_linear", "sampler_options": {"beta_start": 0.00085, "beta_end": 0.012}}"#)
+        expectMatches(samples, components: Self.mixture.components, "euler_ancestral at 50 steps", stdTolerance: 0.25)
     }
 
     @Test(arguments: [
