@@ -5,10 +5,13 @@ import Testing
 /// What happens when things go wrong: kill -9, SIGTERM, a full disk; and
 /// batching, which must not change a single bit.
 @Suite(.serialized) struct ResumeTests {
-    /// Twenty small jobs of different shapes and guidance.
+    /// Every sampler twice, the multistep and two-evaluation ones among them.
+    static let samplers = ["ddpm", "ddim", "dpmsolver++", "heun", "unipc", "pndm", "euler_ancestral", "lms", "euler", "ddim"]
+
+    /// Twenty small jobs of different shapes, samplers and guidance.
     static func jobs() -> [[String: Any]] {
         (0..<20).map { index in
-            var job: [String: Any] = ["model": "fashion-mnist", "sampler": index % 3 == 0 ? "ddpm" : "ddim",
+            var job: [String: Any] = ["model": "fashion-mnist", "sampler": samplers[index % samplers.count],
                                       "steps": 8 + index % 5, "count": 1 + index % 2, "seed": 500 + index,
                                       "class": index % 10, "formats": ["npy"]]
             if index % 4 == 1 { job["guidance"] = ["kind": "cfg", "scale": 2.5] }

@@ -169,4 +169,41 @@ import Testing
         print("pipeline sampler case \(index) (\(name), \(c["options"]!)): max relative step error \(worst)")
         #expect(worst < 1e-4, "\(name) case \(index)")
     }
+
+    /// Resuming from the state saved after any evaluation (mid-step for Heun
+    /// and PNDM's Runge–Kutta, with multistep histories) continues bit-identically.
+    @Test(arguments: cases.indices)
+    func stateSavedAfterAnyEvaluationResumesBitIdentically(_ index: Int) throws {
+        let c = Self.cases[index]
+        let name = c["sampler"] as! String
+        let shape = c["shape"] as! [Int]
+        func make() throws -> Sampler {
+            let options = ComponentOptions(modelConfig: c["config"] as! [String: Any], overrides: c["options"] as! [String: Any])
+            let sampler = try Sampler(name: name, registry: TestSupport.registry, options: options,
+                                      levels: try NoiseLevels(options: options, registry: TestSupport.registry))
+            try sampler.setTimesteps(c["steps"] as! Int)
+            return sampler
+        }
+        func tensor(_ values: Any) -> Tensor { Tensor(shape: shape, scalars: (values as! [NSNumber]).map(\.floatValue)) }
+        let outputs = (c["model_outputs"] as! [Any]).map(tensor)
+        let seeds = (c["seeds"] as! [NSNumber]).map(\.uint64Value)
+        let uninterrupted = try make()
+        let generators = seeds.map { ImageGenerator(seed: $0) }
+        var samples = [tensor(c["noise"]!)]
+        var states: [(sampler: [UInt8], generators: [[UInt32]])] = []
+        for (i, output) in outputs.enumerated() {
+            states.append((uninterrupted.saveState(), generators.map(\.generator.state)))
+            samples.append(try uninterrupted.step(i, modelOutput: output, sample: samples[i], generators: generators).previous)
+        }
+        for cut in 1..<outputs.count {
+            let resumed = try make()
+            try resumed.restoreState(states[cut].sampler)
+            let restored = seeds.map { ImageGenerator(seed: $0) }
+            for (generator, state) in zip(restored, states[cut].generators) { generator.generator = Philox(state: state)! }
+            var x = samples[cut]
+            for i in cut..<outputs.count { x = try resumed.step(i, modelOutput: outputs[i], sample: x, generators: restored).previous }
+            #expect(x.isBitIdentical(to: samples.last!), "\(name) case \(index) resumed after evaluation \(cut)")
+        }
+        #expect(throws: DiffusionError.self) { try make().restoreState([9, 0, 0, 0]) }
+    }
 }
