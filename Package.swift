@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "diffusion-plugin-ddim", type: .dynamic, targets: ["DDIMPlugin"]),
         .library(name: "diffusion-plugin-guidance", type: .dynamic, targets: ["GuidancePlugin"]),
         .library(name: "diffusion-plugin-samplers", type: .dynamic, targets: ["SamplersPlugin"]),
+        .library(name: "diffusion-plugin-score", type: .dynamic, targets: ["ScorePlugin"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -46,6 +47,7 @@ let package = Package(
         .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim"),
         .target(name: "GuidancePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/guidance"),
         .target(name: "SamplersPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/samplers"),
+        .target(name: "ScorePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/score"),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
         .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: nativeCode),

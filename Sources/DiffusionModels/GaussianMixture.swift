@@ -3,7 +3,8 @@ import Foundation
 
 /// A mixture of isotropic Gaussians with exact answers, the test model of the
 /// render pipeline: `gmm.json` is
-/// `{"shape": [C, H, W], "components": [{"mean": number or [C·H·W numbers], "std": s, "weight": w, "label": y}]}`.
+/// `{"shape": [C, H, W], "components": [{"mean": number or [C·H·W numbers], "std": s, "weight": w, "label": y}],
+/// "parameterization": "epsilon" (default) or "ve_score"}`.
 ///
 /// Under x_t = √ᾱ·x₀ + √(1−ᾱ)·ε, component k becomes N(√ᾱ·μ_k, (ᾱ·s_k² + 1 − ᾱ)·I),
 /// so the score ∇ log p(x_t) = −Σ_k r_k(x_t)·(x_t − √ᾱ·μ_k)/σ_k² is exact (r_k the
@@ -18,9 +19,17 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
         public let label: Int
     }
 
+    /// What the model returns: ε of a VP sample (DDPM's models), or the score
+    /// ∇ log p_σ(x) of a VE sample x₀ + σ·ε (NCSN's, for score_sde_ve and langevin).
+    public enum Parameterization: String, Sendable {
+        case epsilon
+        case varianceExplodingScore = "ve_score"
+    }
+
     public let sampleShape: [Int]
     public let components: [Component]
     public let classCount: Int?
+    public let parameterization: Parameterization
 
     public init(json data: Data, source: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any],
@@ -29,6 +38,10 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
         else { throw DiffusionError("\(source): needs \"shape\" [C, H, W] and a non-empty \"components\" list") }
         let size = shape.reduce(1, *)
         sampleShape = shape
+        guard let parameterization = Parameterization(rawValue: object["parameterization"] as? String ?? "epsilon") else {
+            throw DiffusionError("\(source): parameterization must be \"epsilon\" or \"ve_score\"")
+        }
+        self.parameterization = parameterization
         components = try list.enumerated().map { index, entry in
             let mean: [Double]
             if let scalar = entry["mean"] as? NSNumber {
@@ -88,12 +101,25 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
         let output = Tensor(uninitialized: sample.shape)
         let size = sample.sliceCount
         var score = [Double](repeating: 0, count: size)
+        var scaled = [Float](repeating: 0, count: size)
         for image in 0..<sample.shape[0] {
             let alpha = alphasCumprod[image]
             let chosen = try selected(classLabels?[image] ?? nullLabel)
-            score.withUnsafeMutableBufferPointer { self.score(sample.data + image * size, alpha: alpha, selected: chosen, into: $0.baseAddress!) }
-            let scale = -(1 - alpha).squareRoot()
-            for i in 0..<size { output.data[image * size + i] = Float(scale * score[i]) }
+            let x = sample.data + image * size
+            switch parameterization {
+            case .epsilon:
+                score.withUnsafeMutableBufferPointer { self.score(x, alpha: alpha, selected: chosen, into: $0.baseAddress!) }
+                let scale = -(1 - alpha).squareRoot()
+                for i in 0..<size { output.data[image * size + i] = Float(scale * score[i]) }
+            case .varianceExplodingScore:
+                // x = x₀ + σ·ε with σ² = (1 − ᾱ)/ᾱ is the VP sample over √ᾱ: ∇ log p_σ(x) = √ᾱ·score_VP(√ᾱ·x)
+                let root = alpha.squareRoot()
+                for i in 0..<size { scaled[i] = Float(root * Double(x[i])) }
+                scaled.withUnsafeBufferPointer { input in
+                    score.withUnsafeMutableBufferPointer { self.score(input.baseAddress!, alpha: alpha, selected: chosen, into: $0.baseAddress!) }
+                }
+                for i in 0..<size { output.data[image * size + i] = Float(root * score[i]) }
+            }
         }
         return output
     }

@@ -7,8 +7,9 @@ import Testing
 /// What a user or a hostile local user can send the daemon, and what it must
 /// never do with it: queue a job that cannot render, crash, or give away a file.
 @Suite(.serialized) struct TrustTests {
-    /// A C sampler plugin: `failstep` fails every step; `nosave` leaves its
-    /// required `save_state` slot NULL.
+    /// A C sampler plugin built as ABI 1.0 (its structs end where 1.0's did), so
+    /// it also shows 1.0 plugins still load: `failstep` fails every step;
+    /// `nosave` leaves its required `save_state` slot NULL.
     static func compilePlugins(into directory: String) throws {
         let source = """
             #include "diffusion_plugin.h"
@@ -27,12 +28,14 @@ import Testing
             }
             static int64_t save(void *i, void *b, int64_t c) { return 0; }
             static int restore(void *i, const void *b, int64_t n, char *e, size_t s) { return DFN_OK; }
-            static const dfn_sampler fails = {DFN_ABI_VERSION, sizeof(dfn_sampler), "failstep", "fails", create, destroy,
+            #define ABI_1_0 (1u << 16)
+            #define SAMPLER_1_0 offsetof(dfn_sampler, diffusers_classes)
+            static const dfn_sampler fails = {ABI_1_0, SAMPLER_1_0, "failstep", "fails", create, destroy,
                                               timesteps, step, save, restore};
-            static const dfn_sampler nosave = {DFN_ABI_VERSION, sizeof(dfn_sampler), "nosave", "no save_state", create, destroy,
+            static const dfn_sampler nosave = {ABI_1_0, SAMPLER_1_0, "nosave", "no save_state", create, destroy,
                                                timesteps, step, 0, restore};
             static const dfn_sampler *const list[] = {&fails, &nosave};
-            static const dfn_plugin plugin = {DFN_ABI_VERSION, sizeof(dfn_plugin), "test-samplers", "0", 0, 0, 2, list, 0, 0};
+            static const dfn_plugin plugin = {ABI_1_0, sizeof(dfn_plugin), "test-samplers", "0", 0, 0, 2, list, 0, 0};
             const dfn_plugin *diffusion_plugin_init(const dfn_host *host) { return &plugin; }
             """
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)

@@ -27,6 +27,8 @@ import diffusers.schedulers.scheduling_ddim as ddim_module
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
 import diffusers.schedulers.scheduling_euler_discrete as euler_module
+import diffusers.schedulers.scheduling_sde_ve as sde_ve_module
+from diffusers import ScoreSdeVeScheduler
 
 OUT = pathlib.Path("Tests/DiffusionRenderTests/Fixtures")
 M32 = 0xFFFFFFFF
@@ -147,6 +149,13 @@ PIPELINE_SAMPLERS = [
     ("pndm", PNDMScheduler, {"skip_prk_steps": True, "timestep_spacing": "linspace"}, {}, 5),
 ]
 
+# ScoreSdeVePipeline's loop: correct_steps corrector evaluations, then the predictor, at each σ.
+SCORE_SDE_VE = [
+    ({"sigma_max": 50.0, "sigma_min": 0.01, "snr": 0.15, "correct_steps": 1}, 12),
+    ({"sigma_max": 348.0, "sigma_min": 0.02, "snr": 0.3, "correct_steps": 2, "sampling_eps": 1e-3}, 6),
+    ({"correct_steps": 0}, 5),
+]
+
 SHAPE = (2, 2, 4, 4)  # two images of 32 values
 
 
@@ -195,6 +204,7 @@ def main():
                       "trajectory": trajectory})
 
     pipeline_cases = [pipeline_case(index, *case) for index, case in enumerate(PIPELINE_SAMPLERS)]
+    pipeline_cases += [score_sde_ve_case(len(pipeline_cases) + index, *case) for index, case in enumerate(SCORE_SDE_VE)]
 
     (OUT / "samplers.json").write_text(json.dumps({
         "made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}",
@@ -236,6 +246,46 @@ def pipeline_case(index, sampler, kind, config, options, steps):
              if not (isinstance(value, float) and not math.isfinite(value))}
     return {"sampler": sampler, "config": saved, "options": options, "steps": steps, "seeds": seeds,
             "shape": list(SHAPE), "times": times, "input_scales": scales,
+            "init_noise_sigma": float(scheduler.init_noise_sigma), "noise": unit.flatten().tolist(),
+            "model_outputs": [o.flatten().tolist() for o in outputs], "trajectory": trajectory}
+
+
+def score_sde_ve_case(index, config, steps):
+    """The pipeline's loop, one image at a time (diffusers' corrector averages
+    norms over the batch; the host keeps images independent), with synthetic scores."""
+    seeds = [5000 + 100 * index + i for i in range(SHAPE[0])]
+    generator = torch.Generator().manual_seed(100 + index)
+    scheduler = ScoreSdeVeScheduler(**config)
+    scheduler.set_timesteps(steps)
+    scheduler.set_sigmas(steps)
+    unit = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
+    per_step = scheduler.config.correct_steps + 1
+    outputs = [torch.randn(SHAPE, generator=generator, dtype=torch.float64) for _ in range(steps * per_step)]
+    trajectory = [[] for _ in outputs]
+    for image, seed in enumerate(seeds):
+        stream = Philox(seed)
+
+        def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
+            values = [stream.normal() for _ in range(int(np.prod(shape)))]
+            return torch.tensor(values, dtype=torch.float64).reshape(shape)
+
+        sde_ve_module.randn_tensor = host_noise
+        x = unit[image:image + 1] * scheduler.init_noise_sigma
+        k = 0
+        for i, t in enumerate(scheduler.timesteps):
+            for _ in range(scheduler.config.correct_steps):
+                x = scheduler.step_correct(outputs[k][image:image + 1], x).prev_sample
+                trajectory[k] += x.flatten().tolist()
+                k += 1
+            result = scheduler.step_pred(outputs[k][image:image + 1], t, x)
+            x = result.prev_sample
+            last = i == len(scheduler.timesteps) - 1
+            trajectory[k] += (result.prev_sample_mean if last else x).flatten().tolist()
+            k += 1
+    times = [float(sigma) for sigma in scheduler.sigmas for _ in range(per_step)]
+    saved = json.loads(scheduler.to_json_string())
+    return {"sampler": "score_sde_ve", "config": saved, "options": {}, "steps": steps, "seeds": seeds,
+            "shape": list(SHAPE), "times": times, "input_scales": [1.0] * len(times),
             "init_noise_sigma": float(scheduler.init_noise_sigma), "noise": unit.flatten().tolist(),
             "model_outputs": [o.flatten().tolist() for o in outputs], "trajectory": trajectory}
 
