@@ -7,6 +7,11 @@ import PackageDescription
 /// lowers them to scalar libm calls instead of AVX-512.
 let nativeCode: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "native"])]
 
+/// Numeric loops (kernels, models, samplers) are optimized in debug builds too:
+/// the tests run thousands of model evaluations, which unoptimized code makes
+/// minutes slower.
+let numericCode: [SwiftSetting] = nativeCode + [.unsafeFlags(["-O"], .when(configuration: .debug))]
+
 let package = Package(
     name: "diffusiond",
     platforms: [.macOS(.v15)],
@@ -43,16 +48,16 @@ let package = Package(
         .target(name: "SchedulesPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/schedules"),
         .target(name: "SigmoidSchedulePlugin", dependencies: ["DiffusionPluginABI"], path: "Plugins/sigmoid-schedule",
                 publicHeadersPath: ".", cSettings: [.headerSearchPath("../../Sources/DiffusionPluginABI")]),
-        .target(name: "DDPMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddpm"),
-        .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim"),
+        .target(name: "DDPMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddpm", swiftSettings: numericCode),
+        .target(name: "DDIMPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/ddim", swiftSettings: numericCode),
         .target(name: "GuidancePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/guidance"),
-        .target(name: "SamplersPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/samplers"),
-        .target(name: "ScorePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/score"),
+        .target(name: "SamplersPlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/samplers", swiftSettings: numericCode),
+        .target(name: "ScorePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/score", swiftSettings: numericCode),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
-        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: nativeCode),
+        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: numericCode),
         // Models on top of the kernels: UNet2DModel and model-directory loading.
-        .target(name: "DiffusionModels", dependencies: ["DiffusionKernels"], swiftSettings: nativeCode),
+        .target(name: "DiffusionModels", dependencies: ["DiffusionKernels"], swiftSettings: numericCode),
 
         // The render layer: plugin host and loader (the pipeline grows here).
         .target(name: "DiffusionRender", dependencies: ["DiffusionModels", "DiffusionPluginABI", "CPNG"],

@@ -66,24 +66,30 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
     func score(_ x: UnsafePointer<Float>, alpha: Double, selected: [Component], into out: UnsafeMutablePointer<Double>) {
         let size = sampleShape.reduce(1, *)
         let root = alpha.squareRoot()
-        var logWeights: [Double] = []
-        for c in selected {
+        // Raw pointers: the score samplers call this millions of times, in debug builds too.
+        let logWeights = selected.map { c in
             let variance = alpha * c.std * c.std + 1 - alpha
-            var squared = 0.0
-            for i in 0..<size {
-                let d = Double(x[i]) - root * c.mean[i]
-                squared += d * d
+            let squared = c.mean.withUnsafeBufferPointer { mean in
+                var sum = 0.0
+                for i in 0..<size {
+                    let d = Double(x[i]) - root * mean[i]
+                    sum += d * d
+                }
+                return sum
             }
-            logWeights.append(log(c.weight) - 0.5 * Double(size) * log(variance) - 0.5 * squared / variance)
+            return log(c.weight) - 0.5 * Double(size) * log(variance) - 0.5 * squared / variance
         }
         let peak = logWeights.max()!
         let weights = logWeights.map { exp($0 - peak) }
         let total = weights.reduce(0, +)
-        for i in 0..<size { out[i] = 0 }
+        out.update(repeating: 0, count: size)
         for (k, c) in selected.enumerated() {
             let r = weights[k] / total
-            let variance = alpha * c.std * c.std + 1 - alpha
-            for i in 0..<size { out[i] -= r * (Double(x[i]) - root * c.mean[i]) / variance }
+            guard r > 1e-300 else { continue }
+            let factor = r / (alpha * c.std * c.std + 1 - alpha)
+            c.mean.withUnsafeBufferPointer { mean in
+                for i in 0..<size { out[i] -= factor * (Double(x[i]) - root * mean[i]) }
+            }
         }
     }
 
