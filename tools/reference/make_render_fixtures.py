@@ -21,8 +21,12 @@ import shutil
 import numpy as np
 import torch
 import diffusers
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
+                       UNet2DModel, UniPCMultistepScheduler)
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
+import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
+import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
 
 from make_sampler_fixtures import Philox
 
@@ -45,6 +49,21 @@ CASES = [
      {"beta_schedule": "sigmoid", "sampler_options": {"steps_offset": 1}}, 10, [1, 2], None),
     ("ddim", {"beta_schedule": "linear", "timestep_spacing": "trailing"}, {"timestep_spacing": "trailing"}, 10, [4, 9], 3.0),
     ("ddpm", {"beta_schedule": "linear", "variance_type": "fixed_small"}, {}, 10, [6, 8], None),
+]
+
+# The ABI 1.1 samplers: diffusers' class made from the model's saved DDIMScheduler
+# config plus the job's sampler_options (as the host merges them), driven with
+# init_noise_sigma and scale_model_input as its pipelines do.
+PIPELINE_CASES = [
+    # (sampler, diffusers class, sampler_options, steps, labels, cfg scale)
+    ("euler", EulerDiscreteScheduler, {"use_karras_sigmas": True}, 10, [2, 3], None),
+    ("euler_ancestral", EulerAncestralDiscreteScheduler, {}, 8, [4, 1], 2.0),
+    ("heun", HeunDiscreteScheduler, {"prediction_type": "epsilon"}, 6, [7, 0], None),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {}, 12, [9, 6], 3.0),
+    ("dpmsolver++", DPMSolverMultistepScheduler, {"algorithm_type": "sde-dpmsolver++", "use_karras_sigmas": True}, 10,
+     [5, 8], None),
+    ("unipc", UniPCMultistepScheduler, {"use_karras_sigmas": True}, 8, [1, 1], 2.5),
+    ("pndm", PNDMScheduler, {"skip_prk_steps": True}, 12, [3, 6], None),
 ]
 
 
@@ -76,6 +95,32 @@ def sample(unet, sampler, config, steps, x, labels, scale, seeds):
                 unconditional = unet(x, t, class_labels=null).sample
                 output = unconditional + scale * (output - unconditional)
             x = scheduler.step(output, t, x).prev_sample
+    return x
+
+
+def sample_pipeline(unet, kind, base, options, steps, unit, labels, scale, seeds):
+    """diffusers' pipeline loop: x_T = init_noise_sigma · unit noise, the model on scale_model_input(x, t)."""
+    scheduler = kind.from_config(base, **options)
+    scheduler.set_timesteps(steps)
+    streams = [Philox(seed) for seed in seeds]
+
+    def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        per_image = int(np.prod(shape[1:]))
+        return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
+
+    for module in (dpm_module, euler_ancestral_module):
+        module.randn_tensor = host_noise
+    labels = torch.tensor(labels)
+    null = torch.full_like(labels, 10)
+    x = unit * float(scheduler.init_noise_sigma)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t)
+            output = unet(model_input, t, class_labels=labels).sample
+            if scale is not None:
+                unconditional = unet(model_input, t, class_labels=null).sample
+                output = unconditional + scale * (output - unconditional)
+            x = scheduler.step(output, t, x).prev_sample.to(unit.dtype)
     return x
 
 
@@ -111,6 +156,27 @@ def main():
         summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
                         "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
         print(f"{name}: {sampler} {keys} diffusers f32 deviation {deviation:.3e}")
+    base = DDIMScheduler.load_config(directory / "scheduler")
+    for offset, (sampler, kind, options, steps, labels, scale) in enumerate(PIPELINE_CASES):
+        index = len(CASES) + offset
+        seeds = [100 + 10 * index, 101 + 10 * index]
+        x = torch.randn(2, 1, 8, 8, generator=generator)
+        name = f"render-{index}"
+        np.save(OUT / f"{name}-noise.npy", x.numpy())
+        out32 = sample_pipeline(unet, kind, base, options, steps, x.clone(), labels, scale, seeds)
+        out64 = sample_pipeline(unet64, kind, base, options, steps, x.double(), labels, scale, seeds)
+        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
+        deviation = (out32.double() - out64).abs().max().item()
+        job = {"model": MODEL, "sampler": sampler, "steps": steps, "count": 2, "seed": seeds, "class": labels,
+               "init_noise": f"{name}-noise.npy", "formats": ["npy"]}
+        if options:
+            job["sampler_options"] = options
+        if scale is not None:
+            job["guidance"] = {"kind": "cfg", "scale": scale}
+        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
+        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
+                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
+        print(f"{name}: {sampler} {options} diffusers f32 deviation {deviation:.3e}")
     (OUT / "render-cases.json").write_text(json.dumps(
         {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
 
