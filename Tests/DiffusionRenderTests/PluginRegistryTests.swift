@@ -1,3 +1,4 @@
+import DiffusionKernels
 @testable import DiffusionRender
 import Foundation
 import Testing
@@ -35,17 +36,59 @@ import Testing
             static const dfn_plugin plugin = {\(abi), sizeof(dfn_plugin), "test", "0", 1, list, 0, 0, 0, 0};
             const dfn_plugin *\(entry)(const dfn_host *host) { return \(returns); }
             """
+        try compile(source: source, name, in: directory)
+    }
+
+    /// Compiles one C file into the plugin `name` in `directory`; `strict`
+    /// makes every warning an error (for code users copy).
+    func compile(source: String, _ name: String, in directory: String, strict: Bool = false) throws {
         let file = "\(directory)/\(name).c"
         try source.write(toFile: file, atomically: true, encoding: .utf8)
         let compiler = Process()
         compiler.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        compiler.arguments = ["cc", "-shared", "-fPIC", "-I\(TestSupport.packageRoot)/Sources/DiffusionPluginABI",
-                              "-o", "\(directory)/\(name)", file]
+        compiler.arguments = ["cc", "-shared", "-fPIC"] + (strict ? ["-Wall", "-Wextra", "-Werror", "-Wno-unused-parameter"] : [])
+            + ["-I\(TestSupport.packageRoot)/Sources/DiffusionPluginABI", "-o", "\(directory)/\(name)", file, "-lm"]
         try compiler.run()
         compiler.waitUntilExit()
         #expect(compiler.terminationStatus == 0, "cc failed for \(name)")
         try FileManager.default.removeItem(atPath: file)
         chmod("\(directory)/\(name)", 0o755)
+    }
+
+    /// docs/plugins.md's C sampler, built from the page itself, loads as ABI 1.1
+    /// and samples as `euler` does with its defaults.
+    @Test func theDocumentedCSamplerBuildsAndStepsAsEuler() throws {
+        let page = try String(contentsOfFile: "\(TestSupport.packageRoot)/docs/plugins.md", encoding: .utf8)
+        let source = try #require(page.components(separatedBy: "```c\n").dropFirst().first?.components(separatedBy: "```").first)
+        let directory = try TestSupport.temporaryDirectory()
+        try compile(source: source, "libdiffusion-plugin-euler-c.so", in: directory, strict: true)
+        let registry = PluginRegistry(directories: [directory])
+        #expect(registry.problems.isEmpty, "\(registry.problems)")
+        #expect(registry.samplers["euler_c"]?.minor == 1)
+        let options = ComponentOptions(modelConfig: ["beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012],
+                                       overrides: [:])
+        let levels = try NoiseLevels(options: options, registry: TestSupport.registry)
+        let documented = try Sampler(name: "euler_c", registry: registry, options: options, levels: levels)
+        let shipped = try Sampler(name: "euler", registry: TestSupport.registry, options: options, levels: levels)
+        try documented.setTimesteps(12)
+        try shipped.setTimesteps(12)
+        #expect(documented.evaluations.count == 12 && shipped.evaluations.count == 12)
+        for (a, b) in zip(documented.evaluations, shipped.evaluations) {
+            // euler keeps diffusers' float32 timesteps; the C file computes them in double
+            #expect(a.step == b.step && abs(a.time - b.time) < 1e-3 && abs(a.inputScale / b.inputScale - 1) < 1e-6)
+        }
+        #expect(abs(documented.initNoiseSigma / shipped.initNoiseSigma - 1) < 1e-6)
+        var x = Tensor(shape: [1, 4], scalars: [0.5, -1, 2, 0]).scaled(by: Float(shipped.initNoiseSigma))
+        var y = x
+        for i in 0..<12 {
+            let output = Tensor(shape: [1, 4], scalars: (0..<4).map { Float(sin(Double(i * 4 + $0))) })
+            x = try documented.step(i, modelOutput: output, sample: x, generators: [ImageGenerator(seed: 1)]).previous
+            y = try shipped.step(i, modelOutput: output, sample: y, generators: [ImageGenerator(seed: 1)]).previous
+        }
+        #expect(x.maxAbsDifference(y) < 1e-4, "\(x.maxAbsDifference(y))")
+        #expect(throws: DiffusionError("sampler euler_c: sampler state version 9 for 12 steps is not this one's")) {
+            try documented.restoreState([9, 0, 0, 0, 12, 0, 0, 0])
+        }
     }
 
     @Test func refusesBadPluginsAndKeepsGoing() throws {
