@@ -250,7 +250,10 @@ extension Daemon {
         return [
             "libraries": registry.libraries.map { ["name": $0.name, "version": $0.version, "file": $0.file] },
             "schedules": components(registry.schedules),
-            "samplers": components(registry.samplers),
+            "samplers": components(registry.samplers).map { sampler in
+                let name = sampler["name"] as! String
+                return sampler.merging(["diffusers_classes": registry.samplerClasses.filter { $0.value == name }.keys.sorted()]) { $1 }
+            },
             "guidance": components(registry.guidances),
             "problems": registry.problems,
         ]

@@ -1,0 +1,55 @@
+import DiffusionKernels
+import DiffusionModels
+import DiffusionRender
+import Foundation
+import Testing
+
+/// How a plan picks and drives its sampler: the model's scheduler class through
+/// the plugins' declarations, x_T's scale, and steps of several evaluations.
+@Suite struct RenderPlanTests {
+    func plan(_ job: String, schedulerClass: String) throws -> RenderPlan {
+        let description = ModelDescription(
+            sampleShape: [1, 1, 2], classCount: nil, nullClass: nil, hasClassifier: false, recommendedGuidanceScale: nil,
+            schedulerConfigData: Data(#"{"_class_name": "\#(schedulerClass)", "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}"#.utf8),
+            schedulerConfigSource: "scheduler_config.json")
+        return try RenderPlan(job: Job(json: Data(job.utf8), source: "job"), model: description, registry: TestSupport.registry,
+                              limits: RenderLimits(), initNoise: nil)
+    }
+
+    @Test(arguments: [("PNDMScheduler", "pndm"), ("DPMSolverMultistepScheduler", "dpmsolver++"),
+                      ("EulerDiscreteScheduler", "euler"), ("UniPCMultistepScheduler", "unipc"), ("DDIMScheduler", "ddim")])
+    func theSchedulerClassPicksTheSampler(_ schedulerClass: String, _ sampler: String) throws {
+        let plan = try plan(#"{"model": "m", "steps": 10}"#, schedulerClass: schedulerClass)
+        #expect(plan.samplerName == sampler)
+        #expect(plan.warnings.isEmpty)
+        #expect(plan.resolvedJob["sampler"] as? String == sampler)
+    }
+
+    @Test func anUndeclaredClassFallsBackToDDIMWithAWarning() throws {
+        let plan = try plan(#"{"model": "m", "steps": 10}"#, schedulerClass: "KDPM2DiscreteScheduler")
+        #expect(plan.samplerName == "ddim")
+        #expect(plan.warnings == ["the model's scheduler config names KDPM2DiscreteScheduler, which no sampler plugin implements; rendering with ddim"])
+        #expect(try self.plan(#"{"model": "m", "steps": 10, "sampler": "euler"}"#, schedulerClass: "KDPM2DiscreteScheduler").warnings.isEmpty)
+    }
+
+    /// Heun's 4 steps are 7 evaluations; progress counts steps, and the
+    /// evaluations of one step are consecutive.
+    @Test func aStepOfSeveralEvaluationsCountsOnce() throws {
+        let plan = try plan(#"{"model": "m", "steps": 4, "sampler": "heun"}"#, schedulerClass: "HeunDiscreteScheduler")
+        #expect(plan.evaluations.map(\.step) == [0, 0, 1, 1, 2, 2, 3])
+        let pndm = try self.plan(#"{"model": "m", "steps": 5}"#, schedulerClass: "PNDMScheduler")
+        #expect(pndm.evaluations.count == 5 + 9)
+    }
+
+    /// The job's unit noise is scaled by init_noise_sigma, so one init_noise file
+    /// serves every sampler.
+    @Test func initNoiseIsScaledByTheSamplersSigma() throws {
+        let noise = Tensor(shape: [1, 1, 1, 2], scalars: [1, -0.5])
+        let gmm = try ModelDirectory(path: "\(TestSupport.fixtures)/gmm").load()
+        let job = try Job(json: Data(#"{"model": "gmm", "steps": 10, "sampler": "euler", "beta_schedule": "scaled_linear", "sampler_options": {"beta_start": 0.00085, "beta_end": 0.012}}"#.utf8), source: "job")
+        let render = try Render(job: job, model: gmm, registry: TestSupport.registry, runtime: KernelRuntime(threadCount: 1),
+                                limits: RenderLimits(), initNoise: noise)
+        let sigma: Float = 14.6146  // σ_max of Stable Diffusion's scaled_linear schedule, euler's init_noise_sigma
+        #expect(abs(render.sample.data[0] / sigma - 1) < 1e-4 && abs(render.sample.data[1] / sigma + 0.5) < 1e-4)
+    }
+}
