@@ -8,8 +8,10 @@
 /// `euler_at_final`, `use_karras_sigmas`, `final_sigmas_type`,
 /// `lambda_min_clipped`, `timestep_spacing` (default linspace), `steps_offset`,
 /// `prediction_type`, `thresholding`. The SDE's noise comes from each image's
-/// generator. Limitations: the deprecated `dpmsolver`/`sde-dpmsolver` (noise
-/// prediction) algorithms, `variance_type` learned, Lu lambdas and flow σ are refused.
+/// generator. A model that predicts its variance has it dropped by the host, as
+/// diffusers drops it (`variance_type` learned). Limitations: the deprecated
+/// `dpmsolver`/`sde-dpmsolver` (noise prediction) algorithms, Lu lambdas and
+/// flow σ are refused.
 import DiffusionPluginKit
 import Foundation
 
@@ -45,10 +47,6 @@ final class DPMSolverInstance: SamplerInstance {
         lowerOrderFinal = try options.bool("lower_order_final", default: true)
         eulerAtFinal = try options.bool("euler_at_final", default: false)
         roundsKarras = try options.optionalString("beta_schedule") != "squaredcos_cap_v2"
-        // DDPM's fixed variances (a DDPM config read by this sampler) mean nothing here
-        if let variance = try options.optionalString("variance_type"), variance.hasPrefix("learned") {
-            throw PluginError("variance_type \"\(variance)\" (a model predicting its variance) is not supported by dpmsolver++")
-        }
         // the first timestep index (from T) whose λ is below lambda_min_clipped is never used
         let clip = try options.number("lambda_min_clipped", default: -.infinity)
         let lambdas = alphas.map { 0.5 * log($0) - 0.5 * log(1 - $0) }.reversed()

@@ -64,6 +64,34 @@ public final class Tensor: @unchecked Sendable {
         return result
     }
 
+    /// Channels `range` of a `[n, C, ...]` tensor.
+    public func slicingChannels(_ range: Range<Int>) -> Tensor {
+        var newShape = shape
+        newShape[1] = range.count
+        let result = Tensor(uninitialized: newShape)
+        let plane = shape.dropFirst(2).reduce(1, *)
+        for n in 0..<shape[0] {
+            (result.data + n * range.count * plane).update(from: data + (n * shape[1] + range.lowerBound) * plane,
+                                                           count: range.count * plane)
+        }
+        return result
+    }
+
+    /// `[n, C1, ...]` and `[n, C2, ...]` side by side as `[n, C1 + C2, ...]`.
+    public static func concatenatingChannels(_ a: Tensor, _ b: Tensor) -> Tensor {
+        precondition(a.shape[0] == b.shape[0] && Array(a.shape.dropFirst(2)) == Array(b.shape.dropFirst(2)),
+                     "tensors \(a.shape) and \(b.shape) differ beyond their channels")
+        var newShape = a.shape
+        newShape[1] = a.shape[1] + b.shape[1]
+        let result = Tensor(uninitialized: newShape)
+        let (first, second) = (a.sliceCount, b.sliceCount)
+        for n in 0..<a.shape[0] {
+            (result.data + n * (first + second)).update(from: a.data + n * first, count: first)
+            (result.data + n * (first + second) + first).update(from: b.data + n * second, count: second)
+        }
+        return result
+    }
+
     /// A copy with every value multiplied by `factor`.
     public func scaled(by factor: Float) -> Tensor {
         let result = Tensor(uninitialized: shape)

@@ -104,12 +104,17 @@ public struct ModelDirectory: Sendable {
     private func describe(index: [String: Any], pipeline: String) throws -> ModelDescription {
         let sampleShape: [Int]
         let classCount: Int?
+        var predictsVariance = false
         if pipeline == "GaussianMixture" {
             let mixture = try loadMixture()
             (sampleShape, classCount) = (mixture.sampleShape, mixture.classCount)
         } else {
             let config = try loadUNetConfig()
             (sampleShape, classCount) = (config.sampleShape, config.numClassEmbeds)
+            guard config.outChannels == config.inChannels || config.outChannels == 2 * config.inChannels else {
+                throw DiffusionError("\(path): out_channels \(config.outChannels) must equal in_channels \(config.inChannels), or be twice it for a model that predicts its variance")
+            }
+            predictsVariance = config.outChannels == 2 * config.inChannels
         }
         var nullClass: Int?
         if let classCount {
@@ -121,6 +126,7 @@ public struct ModelDirectory: Sendable {
         return ModelDescription(
             sampleShape: sampleShape, classCount: classCount, nullClass: nullClass,
             hasClassifier: pipeline == "GaussianMixture" || FileManager.default.fileExists(atPath: classifierConfigPath),
+            predictsVariance: predictsVariance,
             recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
             schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
             schedulerConfigSource: schedulerConfigPath)
@@ -195,15 +201,19 @@ public struct ModelDescription: Sendable {
     /// The label of the unconditional prediction, for class-conditional models.
     public let nullClass: Int?
     public let hasClassifier: Bool
+    /// Whether the model returns its variance too: out_channels = 2 × in_channels
+    /// (Improved DDPM's learned variance), the variance after the output.
+    public let predictsVariance: Bool
     public let recommendedGuidanceScale: Double?
     /// scheduler_config.json as stored (nil when the directory has none), and where it is.
     public let schedulerConfigData: Data?
     public let schedulerConfigSource: String
 
-    public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool,
+    public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool, predictsVariance: Bool = false,
                 recommendedGuidanceScale: Double?, schedulerConfigData: Data?, schedulerConfigSource: String)
     {
         self.sampleShape = sampleShape
+        self.predictsVariance = predictsVariance
         self.classCount = classCount
         self.nullClass = nullClass
         self.hasClassifier = hasClassifier

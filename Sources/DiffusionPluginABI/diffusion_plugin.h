@@ -131,6 +131,10 @@ typedef struct dfn_evaluation {
     double alpha_cumprod; /* ᾱ of the noise in the model's input, for guidance and for models
                              that read it; 1/(1+σ²) for samplers that work in σ */
     double input_scale;   /* diffusers' scale_model_input: the model sees input_scale · x */
+    int32_t model_variance; /* 1: `step` reads the model's predicted variance too: each image's
+                               model_output is 2 · image_size floats, the (guided) output then the
+                               conditional pass's variance channels, as diffusers splits a model
+                               of out_channels = 2 · in_channels. 0: the host drops them. */
 } dfn_evaluation;
 
 /* A sampler (what diffusers calls a scheduler). The host drives the loop, as

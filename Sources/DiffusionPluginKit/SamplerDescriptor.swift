@@ -27,12 +27,15 @@ public struct Evaluation: Equatable, Sendable {
     public var time: Double
     public var alphaCumprod: Double
     public var inputScale: Double
+    /// Whether `step` reads the model's predicted variance after its output.
+    public var modelVariance: Bool
 
-    public init(step: Int, time: Double, alphaCumprod: Double, inputScale: Double = 1) {
+    public init(step: Int, time: Double, alphaCumprod: Double, inputScale: Double = 1, modelVariance: Bool = false) {
         self.step = step
         self.time = time
         self.alphaCumprod = alphaCumprod
         self.inputScale = inputScale
+        self.modelVariance = modelVariance
     }
 }
 
@@ -109,6 +112,7 @@ public func samplerDescriptor(name: String, summary: String, classes: [String] =
                 evaluation!.pointee.time = e.time
                 evaluation!.pointee.alpha_cumprod = e.alphaCumprod
                 evaluation!.pointee.input_scale = e.inputScale
+                evaluation!.pointee.model_variance = e.modelVariance ? 1 : 0
             }
         },
         init_noise_sigma: { box($0).sampler.initNoiseSigma }))  // x_T's scale

@@ -129,15 +129,22 @@ public final class Render: @unchecked Sendable {
         let wantsConditional = guidance?.needsConditional ?? true
         let wantsUnconditional = guidance?.needsUnconditional ?? false
         let passes = output.shape[0] / count
-        let conditional = wantsConditional ? (passes == 2 ? output.slice(0..<count) : output) : nil
-        let unconditional = wantsUnconditional ? (passes == 2 ? output.slice(count..<(2 * count)) : output) : nil
+        // A model that predicts its variance returns it after its output (diffusers'
+        // split): guidance combines the outputs, the variance is the first pass's.
+        let channels = sample.shape[1]
+        let (prediction, variance) = model.description.predictsVariance
+            ? (output.slicingChannels(0..<channels), output.slicingChannels(channels..<(2 * channels)).slice(0..<count))
+            : (output, nil)
+        let conditional = wantsConditional ? (passes == 2 ? prediction.slice(0..<count) : prediction) : nil
+        let unconditional = wantsUnconditional ? (passes == 2 ? prediction.slice(count..<(2 * count)) : prediction) : nil
         let guided = try guidance.map { guidance in
             try guidance.combine(
                 sample: scaledSample(evaluation), conditional: conditional, unconditional: unconditional,
                 labels: (job.classes ?? labels ?? [Int](repeating: 0, count: count)).map(Int32.init),
                 timestep: Int(evaluation.time.rounded()), alphaCumprod: evaluation.alphaCumprod, classifier: classifier)
-        } ?? output
-        let (previous, original) = try sampler.step(completedEvaluations, modelOutput: guided, sample: sample, generators: generators)
+        } ?? prediction
+        let stepOutput = evaluation.modelVariance ? Tensor.concatenatingChannels(guided, variance!) : guided
+        let (previous, original) = try sampler.step(completedEvaluations, modelOutput: stepOutput, sample: sample, generators: generators)
         // A diverging setting (a huge guidance scale, a degenerate schedule) ends
         // the job here with a reason; a NaN must never reach the output files.
         guard previous.isFinite else {

@@ -86,6 +86,9 @@ public final class RenderPlan: @unchecked Sendable {
         }
         try sampler.setTimesteps(job.steps)
         evaluations = sampler.evaluations
+        if evaluations.contains(where: \.modelVariance), !model.predictsVariance {
+            throw DiffusionError("sampler \(samplerName) reads a learned variance (variance_type), and this model predicts none (out_channels = in_channels)")
+        }
 
         let classCount = model.classCount
         if let request = job.guidance {

@@ -10,7 +10,7 @@ import Foundation
 /// evaluation i is step i at timesteps[i], ᾱ from the noise levels, scale 1,
 /// and x_T unit noise.
 public final class Sampler: @unchecked Sendable {
-    public typealias Evaluation = (step: Int, time: Double, alphaCumprod: Double, inputScale: Double)
+    public typealias Evaluation = (step: Int, time: Double, alphaCumprod: Double, inputScale: Double, modelVariance: Bool)
 
     public let name: String
     private let component: PluginRegistry.Component<dfn_sampler>
@@ -86,7 +86,7 @@ public final class Sampler: @unchecked Sendable {
         let timesteps = Array(chosen.prefix(Int(count)))
         guard describes else {
             evaluations = timesteps.enumerated().map { index, t in
-                (index, Double(t), (0..<levels.trainSteps).contains(Int(t)) ? levels.alphasCumprod[Int(t)] : 1, 1)
+                (index, Double(t), (0..<levels.trainSteps).contains(Int(t)) ? levels.alphasCumprod[Int(t)] : 1, 1, false)
             }
             return timesteps
         }
@@ -97,7 +97,8 @@ public final class Sampler: @unchecked Sendable {
             try pluginCall("sampler \(name)") { error, size in
                 descriptor.describe(instance, Int32(index), &evaluation, error, size) == DFN_OK
             }
-            return (Int(evaluation.step), evaluation.time, evaluation.alpha_cumprod, evaluation.input_scale)
+            return (Int(evaluation.step), evaluation.time, evaluation.alpha_cumprod, evaluation.input_scale,
+                    evaluation.model_variance != 0)
         }
         initNoiseSigma = descriptor.init_noise_sigma(instance)
         try checkPlan(steps: steps)
@@ -123,11 +124,16 @@ public final class Sampler: @unchecked Sendable {
     }
 
     /// Consumes evaluation `index` for a batch `[images, ...]`: returns the next
-    /// sample and the predicted x₀.
+    /// sample and the predicted x₀. The model output has the sample's shape, or
+    /// twice its channels (the variance after it) where the evaluation reads it.
     public func step(_ index: Int, modelOutput: Tensor, sample: Tensor, generators: [ImageGenerator]) throws
         -> (previous: Tensor, predictedOriginal: Tensor)
     {
-        precondition(modelOutput.shape == sample.shape, "model output \(modelOutput.shape) for sample \(sample.shape)")
+        guard evaluations.indices.contains(index) else {
+            throw DiffusionError("sampler \(name): evaluation \(index) of the \(evaluations.count) set_timesteps planned")
+        }
+        precondition(modelOutput.count == sample.count * (evaluations[index].modelVariance ? 2 : 1),
+                     "model output \(modelOutput.shape) for sample \(sample.shape)")
         let images = sample.shape[0]
         let previous = Tensor(uninitialized: sample.shape)
         let original = Tensor(uninitialized: sample.shape)

@@ -52,4 +52,21 @@ import Testing
         let sigma: Float = 14.6146  // σ_max of Stable Diffusion's scaled_linear schedule, euler's init_noise_sigma
         #expect(abs(render.sample.data[0] / sigma - 1) < 1e-4 && abs(render.sample.data[1] / sigma + 0.5) < 1e-4)
     }
+
+    /// A learned variance needs a model that returns one; a model that returns
+    /// one renders with any sampler (the others ignore it, as diffusers' do).
+    @Test func aLearnedVarianceNeedsAModelThatPredictsIt() throws {
+        #expect(throws: DiffusionError("sampler ddpm reads a learned variance (variance_type), and this model predicts none (out_channels = in_channels)")) {
+            try self.plan(#"{"model": "m", "steps": 10, "sampler": "ddpm", "sampler_options": {"variance_type": "learned_range"}}"#,
+                          schedulerClass: "DDPMScheduler")
+        }
+        let learned = try TestSupport.models.load("unet-tiny-learned", relativeTo: nil)
+        #expect(learned.description.predictsVariance)
+        for sampler in ["ddim", "dpmsolver++", "ddpm"] {
+            let job = try Job(json: Data(#"{"model": "unet-tiny-learned", "sampler": "\#(sampler)", "steps": 6, "count": 2, "seed": 3, "class": 4, "guidance": {"kind": "cfg", "scale": 2}}"#.utf8), source: "job")
+            let render = try Render(job: job, model: learned, registry: TestSupport.registry, runtime: KernelRuntime(threadCount: 1),
+                                    limits: RenderLimits(), initNoise: nil)
+            #expect(try render.run().shape == [2, 1, 8, 8], "\(sampler)")
+        }
+    }
 }

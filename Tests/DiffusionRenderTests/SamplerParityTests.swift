@@ -72,13 +72,14 @@ import Testing
                                   levels: try levels(config))
         #expect(options.unreadOverrides.isEmpty)
         #expect(try sampler.setTimesteps(c["steps"] as! Int) == (c["timesteps"] as! [NSNumber]).map(\.int32Value))
-        func tensor(_ values: Any) -> Tensor { Tensor(shape: shape, scalars: (values as! [NSNumber]).map(\.floatValue)) }
+        func tensor(_ values: Any, _ shape: [Int]) -> Tensor { Tensor(shape: shape, scalars: (values as! [NSNumber]).map(\.floatValue)) }
+        let outputShape = c["output_shape"] as! [Int]  // twice the channels for a learned variance
         let generators = seeds.map { ImageGenerator(seed: $0) }
-        var x = tensor(c["sample"]!)
+        var x = tensor(c["sample"]!, shape)
         var worst: Float = 0
         for (step, (output, expected)) in zip(c["model_outputs"] as! [Any], c["trajectory"] as! [Any]).enumerated() {
-            x = try sampler.step(step, modelOutput: tensor(output), sample: x, generators: generators).previous
-            worst = max(worst, x.maxAbsDifference(tensor(expected)))
+            x = try sampler.step(step, modelOutput: tensor(output, outputShape), sample: x, generators: generators).previous
+            worst = max(worst, x.maxAbsDifference(tensor(expected, shape)))
         }
         print("sampler case \(index) (\(c["sampler"]!), \(config)): max step error \(worst)")
         #expect(worst < 1e-4)
@@ -93,6 +94,7 @@ import Testing
         let blob = sampler.saveState()
         let resumed = try Sampler(name: "ddim", registry: TestSupport.registry,
                                   options: ComponentOptions(modelConfig: config, overrides: [:]), levels: levels)
+        try resumed.setTimesteps(20)  // as a resumed job's plan does, before the blob
         try resumed.restoreState(blob)
         let x = Tensor(shape: [1, 4], scalars: [0.5, -1, 2, 0]), e = Tensor(shape: [1, 4], scalars: [0.1, 0.2, -0.3, 1])
         let a = try sampler.step(7, modelOutput: e, sample: x, generators: [ImageGenerator(seed: 1)]).previous
@@ -113,8 +115,8 @@ import Testing
         #expect(throws: DiffusionError("sampler ddim: prediction_type \"noise\" is not supported (one of: epsilon, sample, v_prediction)")) {
             try make(["prediction_type": "noise"])
         }
-        #expect(throws: DiffusionError("sampler ddpm: variance_type \"learned\" is not supported (one of: fixed_small, fixed_large)")) {
-            try make(["variance_type": "learned"], "ddpm")
+        #expect(throws: DiffusionError("sampler ddpm: variance_type \"fixed_small_log\" is not supported (one of: fixed_small, fixed_large, learned, learned_range)")) {
+            try make(["variance_type": "fixed_small_log"], "ddpm")
         }
         #expect(throws: DiffusionError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
         #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, langevin, lms, pndm, score_sde_ve, unipc)")) { try make([:], "plms") }

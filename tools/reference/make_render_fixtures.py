@@ -124,7 +124,34 @@ def sample_pipeline(unet, kind, base, options, steps, unit, labels, scale, seeds
     return x
 
 
+def sample_learned(unet, config, steps, x, labels, scale, seeds):
+    """DDPMScheduler with a learned variance; guidance combines the ε halves and keeps the
+    conditional pass's variance, as diffusers' pipelines of such models (IF, DiT) do."""
+    scheduler = DDPMScheduler(**config)
+    scheduler.set_timesteps(steps)
+    streams = [Philox(seed) for seed in seeds]
+
+    def host_noise(shape, generator=None, device=None, dtype=None):
+        per_image = int(np.prod(shape[1:]))
+        return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
+
+    ddpm_module.randn_tensor = host_noise
+    labels = torch.tensor(labels)
+    null = torch.full_like(labels, 10)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            output = unet(x, t, class_labels=labels).sample
+            if scale is not None:
+                unconditional = unet(x, t, class_labels=null).sample
+                epsilon, variance = output.split(1, dim=1)
+                guided = unconditional[:, :1] + scale * (epsilon - unconditional[:, :1])
+                output = torch.cat([guided, variance], dim=1)
+            x = scheduler.step(output, t, x).prev_sample
+    return x
+
+
 def main():
+    torch.manual_seed(0)  # the U-Nets' initial weights, so the fixtures regenerate the same
     generator = torch.Generator().manual_seed(42)
     unet = UNet2DModel(
         sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32], layers_per_block=1,
@@ -177,6 +204,37 @@ def main():
         summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
                         "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
         print(f"{name}: {sampler} {options} diffusers f32 deviation {deviation:.3e}")
+    # Improved DDPM: a U-Net of out_channels 2 × in_channels, its variance after its output
+    learned = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=2, block_out_channels=[16, 32], layers_per_block=1,
+        down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+        attention_head_dim=8, norm_num_groups=8, num_class_embeds=11).eval()
+    perturb(learned, generator)
+    learned_directory = OUT / "unet-tiny-learned"
+    if learned_directory.exists():
+        shutil.rmtree(learned_directory)
+    learned_config = {"beta_schedule": "squaredcos_cap_v2", "variance_type": "learned_range", "clip_sample": True}
+    DDPMPipeline(unet=learned, scheduler=DDPMScheduler(**learned_config)).save_pretrained(learned_directory)
+    learned = UNet2DModel.from_pretrained(learned_directory, subfolder="unet").eval()
+    for scale in [None, 2.0]:
+        index = len(summary)
+        seeds = [100 + 10 * index, 101 + 10 * index]
+        labels = [2, 7]
+        x = torch.randn(2, 1, 8, 8, generator=generator)
+        name = f"render-{index}"
+        np.save(OUT / f"{name}-noise.npy", x.numpy())
+        out32 = sample_learned(learned, learned_config, 10, x.clone(), labels, scale, seeds)
+        out64 = sample_learned(copy.deepcopy(learned).double(), learned_config, 10, x.double(), labels, scale, seeds)
+        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
+        deviation = (out32.double() - out64).abs().max().item()
+        job = {"model": "unet-tiny-learned", "sampler": "ddpm", "steps": 10, "count": 2, "seed": seeds, "class": labels,
+               "init_noise": f"{name}-noise.npy", "formats": ["npy"]}
+        if scale is not None:
+            job["guidance"] = {"kind": "cfg", "scale": scale}
+        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
+        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
+                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
+        print(f"{name}: ddpm learned_range cfg {scale} diffusers f32 deviation {deviation:.3e}")
     (OUT / "render-cases.json").write_text(json.dumps(
         {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
 

@@ -97,6 +97,9 @@ SAMPLERS = [
               "timestep_spacing": "trailing", "clip_sample": False}, {}, 7),
     ("ddpm", {"beta_schedule": "sigmoid", "prediction_type": "sample", "timestep_spacing": "linspace",
               "clip_sample": False}, {}, 25),
+    # Improved DDPM's learned variances: the model returns 2C channels, the variance after the output
+    ("ddpm", {"beta_schedule": "squaredcos_cap_v2", "variance_type": "learned_range", "clip_sample": False}, {}, 12),
+    ("ddpm", {"beta_schedule": "linear", "variance_type": "learned", "timestep_spacing": "trailing"}, {}, 8),
 ]
 
 # The ABI 1.1 samplers, driven as diffusers pipelines drive them: for each of
@@ -194,12 +197,18 @@ def main():
         x = torch.randn(SHAPE, generator=generator, dtype=torch.float64)
         start = x.clone()
         outputs = [torch.randn(SHAPE, generator=generator, dtype=torch.float64) for _ in scheduler.timesteps]
+        variance = config.get("variance_type", "")
+        if variance.startswith("learned"):
+            # v in [−1, 1] for learned_range (the interpolation weight), a small positive σ² for learned
+            extra = [torch.rand(SHAPE, generator=generator, dtype=torch.float64) for _ in outputs]
+            extra = [2 * e - 1 if variance == "learned_range" else 0.001 + 0.02 * e for e in extra]
+            outputs = [torch.cat([o, e], dim=1) for o, e in zip(outputs, extra)]
         trajectory = []
         for output, t in zip(outputs, scheduler.timesteps):
             x = scheduler.step(output, t, x, **options).prev_sample
             trajectory.append(x.flatten().tolist())
         cases.append({"sampler": sampler, "config": config, "options": options, "steps": steps, "seeds": seeds,
-                      "shape": list(SHAPE), "timesteps": scheduler.timesteps.tolist(),
+                      "shape": list(SHAPE), "output_shape": list(outputs[0].shape), "timesteps": scheduler.timesteps.tolist(),
                       "sample": start.flatten().tolist(), "model_outputs": [o.flatten().tolist() for o in outputs],
                       "trajectory": trajectory})
 
