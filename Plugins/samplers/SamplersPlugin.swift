@@ -11,6 +11,7 @@ nonisolated(unsafe) let samplersPlugin = pluginDescriptor(name: "samplers", vers
     dpmSolverSampler,  // DPMSolverMultistepScheduler
     uniPCSampler,  // UniPCMultistepScheduler
     pndmSampler,  // PNDMScheduler
+    lcmSampler,  // LCMScheduler
 ])
 
 @_cdecl("diffusion_plugin_init")

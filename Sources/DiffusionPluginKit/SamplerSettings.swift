@@ -26,8 +26,9 @@ public struct SamplerSettings: Sendable {
     /// Reads the keys of `features` (the others keep clipping and thresholding
     /// off), with `spacing` and `predictions` as the class defines them.
     public init(_ options: PluginOptions, features: Features = [.clipping, .thresholding], spacing: Spacing = .leading,
-                predictions: [Prediction] = [.epsilon, .sample, .vPrediction]) throws
+                predictions: [Prediction] = [.epsilon, .sample, .vPrediction], clipSampleDefault: Bool = true) throws
     {
+        clipSample = clipSampleDefault
         predictionType = Prediction(rawValue: try options.choice(
             "prediction_type", default: "epsilon", allowed: predictions.map(\.rawValue)))!
         if features.contains(.clipping) {

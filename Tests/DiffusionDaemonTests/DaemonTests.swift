@@ -60,7 +60,7 @@ import Testing
         #expect((models.json as? [[String: Any]])?.first?["name"] as? String == "fashion-mnist")
         let plugins = try daemon.diffctl(["plugins", "--json"])
         let samplers = ((plugins.json as? [String: Any])?["samplers"] as? [[String: Any]])?.compactMap { $0["name"] as? String }
-        #expect(samplers == ["ddim", "ddpm", "dpmsolver++", "euler", "euler_ancestral", "heun", "langevin", "lms", "pndm",
+        #expect(samplers == ["ddim", "ddpm", "dpmsolver++", "euler", "euler_ancestral", "heun", "langevin", "lcm", "lms", "pndm",
                              "score_sde_ve", "unipc"])
         #expect(try daemon.diffctl(["ping"]).status == 0)
 

@@ -6,7 +6,7 @@ import Testing
 /// batching, which must not change a single bit.
 @Suite(.serialized) struct ResumeTests {
     /// Every sampler twice, the multistep and two-evaluation ones among them.
-    static let samplers = ["ddpm", "ddim", "dpmsolver++", "heun", "unipc", "pndm", "euler_ancestral", "lms", "euler", "ddim"]
+    static let samplers = ["ddpm", "ddim", "dpmsolver++", "heun", "unipc", "pndm", "euler_ancestral", "lms", "euler", "lcm"]
 
     /// Twenty small jobs of different shapes, samplers and guidance.
     static func jobs() -> [[String: Any]] {

@@ -9,12 +9,12 @@ import Testing
         #expect(registry.problems.isEmpty, "\(registry.problems)")
         #expect(Set(registry.schedules.keys) == ["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"])
         #expect(Set(registry.samplers.keys) == ["ddpm", "ddim", "euler", "euler_ancestral", "heun", "lms", "dpmsolver++",
-                                                 "unipc", "pndm", "score_sde_ve", "langevin"])
+                                                 "unipc", "pndm", "lcm", "score_sde_ve", "langevin"])
         #expect(registry.samplerClasses == [
             "DDPMScheduler": "ddpm", "DDIMScheduler": "ddim", "EulerDiscreteScheduler": "euler",
             "EulerAncestralDiscreteScheduler": "euler_ancestral", "HeunDiscreteScheduler": "heun",
             "LMSDiscreteScheduler": "lms", "DPMSolverMultistepScheduler": "dpmsolver++",
-            "UniPCMultistepScheduler": "unipc", "PNDMScheduler": "pndm", "ScoreSdeVeScheduler": "score_sde_ve",
+            "UniPCMultistepScheduler": "unipc", "PNDMScheduler": "pndm", "LCMScheduler": "lcm", "ScoreSdeVeScheduler": "score_sde_ve",
         ])
         #expect(registry.schedules["sigmoid"]?.file.hasSuffix("libdiffusion-plugin-sigmoid-schedule.so") == true)
         #expect(Set(registry.guidances.keys) == ["cfg", "classifier"])

@@ -70,7 +70,7 @@ import Testing
     }
 
     @Test(arguments: [
-        (#"{"model": "./gmm", "sampler": "plms"}"#, #"sampler "plms" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, langevin, lms, pndm, score_sde_ve, unipc)"#),
+        (#"{"model": "./gmm", "sampler": "plms"}"#, #"sampler "plms" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, langevin, lcm, lms, pndm, score_sde_ve, unipc)"#),
         (#"{"model": "./gmm", "steps": 10"#, "job.json: not valid JSON"),
         (#"{"model": "./gmm", "steps": 5000}"#, "steps 5000 is over the limit of 1000"),
         (#"{"model": "./gmm", "class": 7}"#, "class 7 is out of range: this model has labels 0...3"),

@@ -119,7 +119,7 @@ import Testing
             try make(["variance_type": "fixed_small_log"], "ddpm")
         }
         #expect(throws: DiffusionError("sampler ddim: eta must be a number")) { try make(["eta": "lots"]) }
-        #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, langevin, lms, pndm, score_sde_ve, unipc)")) { try make([:], "plms") }
+        #expect(throws: DiffusionError("sampler \"plms\" is not provided by any plugin (available: ddim, ddpm, dpmsolver++, euler, euler_ancestral, heun, langevin, lcm, lms, pndm, score_sde_ve, unipc)")) { try make([:], "plms") }
         let sampler = try Sampler(name: "ddpm", registry: TestSupport.registry,
                                   options: ComponentOptions(modelConfig: [:], overrides: [:]), levels: levels)
         #expect(throws: DiffusionError("sampler ddpm: steps must be between 1 and num_train_timesteps (1000), not 1001")) {

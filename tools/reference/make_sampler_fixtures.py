@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import diffusers
 from diffusers import (DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                       EulerDiscreteScheduler, HeunDiscreteScheduler, LMSDiscreteScheduler, PNDMScheduler,
+                       EulerDiscreteScheduler, HeunDiscreteScheduler, LCMScheduler, LMSDiscreteScheduler, PNDMScheduler,
                        UniPCMultistepScheduler)
+import diffusers.schedulers.scheduling_lcm as lcm_module
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 import diffusers.schedulers.scheduling_ddim as ddim_module
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
@@ -150,6 +151,10 @@ PIPELINE_SAMPLERS = [
     ("pndm", PNDMScheduler, {"prediction_type": "v_prediction", "set_alpha_to_one": True, "timestep_spacing": "trailing"},
      {}, 6),
     ("pndm", PNDMScheduler, {"skip_prk_steps": True, "timestep_spacing": "linspace"}, {}, 5),
+    ("lcm", LCMScheduler, {}, {}, 4),
+    ("lcm", LCMScheduler, {"original_inference_steps": 30, "timestep_scaling": 5.0, "prediction_type": "v_prediction",
+                           "set_alpha_to_one": False}, {}, 7),
+    ("lcm", LCMScheduler, {"clip_sample": True, "beta_schedule": "linear"}, {}, 2),
 ]
 
 # ScoreSdeVePipeline's loop: correct_steps corrector evaluations, then the predictor, at each σ.
@@ -233,7 +238,7 @@ def pipeline_case(index, sampler, kind, config, options, steps):
         values = [[s.normal() for _ in range(per_image)] for s in streams]
         return torch.tensor(values, dtype=torch.float64).reshape(shape)
 
-    for module in (euler_module, euler_ancestral_module, dpm_module):
+    for module in (euler_module, euler_ancestral_module, dpm_module, lcm_module):
         module.randn_tensor = host_noise
     scheduler = kind(**config)
     scheduler.set_timesteps(steps)
