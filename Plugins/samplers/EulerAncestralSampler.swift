@@ -8,7 +8,7 @@
 /// class has no Karras σ, and neither has this; `rescale_betas_zero_snr` is refused.
 import DiffusionPluginKit
 
-final class EulerAncestralInstance: SamplerInstance {
+final class EulerAncestralInstance: DiscreteSigmaSampler {
     let host: UnsafePointer<dfn_host>
     let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
@@ -23,13 +23,6 @@ final class EulerAncestralInstance: SamplerInstance {
         schedule = SigmaSchedule(alphasCumprod: Array(UnsafeBufferPointer(start: levels.alphas_cumprod, count: Int(levels.train_steps))))
     }
 
-    func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
-        self.plan = plan
-        return (0..<steps).map { plan.evaluation($0, step: $0) }
-    }
-
-    var initNoiseSigma: Double { plan?.initNoiseSigma ?? 1 }
 
     /// One step per image from σ to σ_next:
     /// 1. x̂₀ from the model output at σ;
@@ -59,10 +52,6 @@ final class EulerAncestralInstance: SamplerInstance {
             }
         }
     }
-
-    func saveState() -> [UInt8] { PlanOnlyState.encode(steps: plan?.timesteps.count ?? 0) }
-
-    func restoreState(_ bytes: [UInt8]) throws { try PlanOnlyState.check(bytes, steps: plan?.timesteps.count ?? 0) }
 }
 
 nonisolated(unsafe) let eulerAncestralSampler = samplerDescriptor(

@@ -12,7 +12,7 @@
 /// `use_beta_sigmas` and `rescale_betas_zero_snr` are refused.
 import DiffusionPluginKit
 
-final class EulerInstance: SamplerInstance {
+final class EulerInstance: DiscreteSigmaSampler {
     let host: UnsafePointer<dfn_host>
     let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
@@ -32,13 +32,6 @@ final class EulerInstance: SamplerInstance {
         churnNoise = try options.number("s_noise", default: 1, in: 0...10)
     }
 
-    func setTimesteps(_ steps: Int) throws -> [Evaluation] {
-        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
-        self.plan = plan
-        return (0..<steps).map { plan.evaluation($0, step: $0) }
-    }
-
-    var initNoiseSigma: Double { plan?.initNoiseSigma ?? 1 }
 
     /// One step per image:
     /// 1. γ = min(s_churn/n, √2 − 1) when s_tmin ≤ σ ≤ s_tmax; σ̂ = σ(γ + 1), and
@@ -76,10 +69,6 @@ final class EulerInstance: SamplerInstance {
             }
         }
     }
-
-    func saveState() -> [UInt8] { PlanOnlyState.encode(steps: plan?.timesteps.count ?? 0) }
-
-    func restoreState(_ bytes: [UInt8]) throws { try PlanOnlyState.check(bytes, steps: plan?.timesteps.count ?? 0) }
 }
 
 nonisolated(unsafe) let eulerSampler = samplerDescriptor(

@@ -10,7 +10,7 @@
 /// and `use_beta_sigmas` are refused.
 import DiffusionPluginKit
 
-final class HeunInstance: SamplerInstance {
+final class HeunInstance: DiscreteSigmaSampler {
     let host: UnsafePointer<dfn_host>
     let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
@@ -40,8 +40,6 @@ final class HeunInstance: SamplerInstance {
             plan.evaluation((index + 1) / 2, step: index / 2)  // σ_k for 2k, σ_{k+1} for 2k + 1
         }
     }
-
-    var initNoiseSigma: Double { plan?.initNoiseSigma ?? 1 }
 
     /// First evaluation (even index) at σ: d = (x − x̂₀)/σ, x_next = x + (σ_next − σ)·d,
     /// d and x kept. Second (odd) at σ_next: d' = (x_next − x̂₀)/σ_next and

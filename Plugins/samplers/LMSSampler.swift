@@ -11,7 +11,7 @@
 /// `use_beta_sigmas` are refused.
 import DiffusionPluginKit
 
-final class LMSInstance: SamplerInstance {
+final class LMSInstance: DiscreteSigmaSampler {
     let host: UnsafePointer<dfn_host>
     let sigmaOptions: DiscreteSigmaPlan.Options
     let settings: SamplerSettings
@@ -38,8 +38,6 @@ final class LMSInstance: SamplerInstance {
         derivatives = []
         return (0..<steps).map { plan.evaluation($0, step: $0) }
     }
-
-    var initNoiseSigma: Double { plan?.initNoiseSigma ?? 1 }
 
     /// ∫ from σ_i to σ_{i+1} of Π_{k≠j} (τ − σ_{i−k})/(σ_{i−j} − σ_{i−k}) dτ, by
     /// four-point Gauss–Legendre (exact for these cubics).

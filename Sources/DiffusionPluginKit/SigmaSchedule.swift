@@ -256,3 +256,27 @@ public struct MultistepSigmaPlan: Sendable {
         return (alpha, sigma, log(alpha) - log(sigma))
     }
 }
+
+/// A sampler on a `DiscreteSigmaPlan` with one evaluation a step and nothing
+/// kept between steps (Euler, Euler ancestral): it gets `setTimesteps`,
+/// `initNoiseSigma` and its state blob for free.
+public protocol DiscreteSigmaSampler: SamplerInstance {
+    var settings: SamplerSettings { get }
+    var schedule: SigmaSchedule { get }
+    var sigmaOptions: DiscreteSigmaPlan.Options { get }
+    var plan: DiscreteSigmaPlan? { get set }
+}
+
+extension DiscreteSigmaSampler {
+    public func setTimesteps(_ steps: Int) throws -> [Evaluation] {
+        let plan = try DiscreteSigmaPlan(steps: steps, schedule: schedule, settings: settings, options: sigmaOptions)
+        self.plan = plan
+        return (0..<steps).map { plan.evaluation($0, step: $0) }
+    }
+
+    public var initNoiseSigma: Double { plan?.initNoiseSigma ?? 1 }
+
+    public func saveState() -> [UInt8] { PlanOnlyState.encode(steps: plan?.timesteps.count ?? 0) }
+
+    public func restoreState(_ bytes: [UInt8]) throws { try PlanOnlyState.check(bytes, steps: plan?.timesteps.count ?? 0) }
+}

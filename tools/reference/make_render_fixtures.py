@@ -150,91 +150,69 @@ def sample_learned(unet, config, steps, x, labels, scale, seeds):
     return x
 
 
-def main():
-    torch.manual_seed(0)  # the U-Nets' initial weights, so the fixtures regenerate the same
-    generator = torch.Generator().manual_seed(42)
+def tiny_unet(generator, directory, scheduler, out_channels=1):
+    """A random-weight class-conditional U-Net saved with `scheduler`, reloaded as saved."""
     unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32], layers_per_block=1,
+        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=[16, 32], layers_per_block=1,
         down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
         attention_head_dim=8, norm_num_groups=8, num_class_embeds=11).eval()
     perturb(unet, generator)
-    directory = OUT / MODEL
     if directory.exists():
         shutil.rmtree(directory)
-    DDPMPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(directory)
-    unet = UNet2DModel.from_pretrained(directory, subfolder="unet").eval()
-    unet64 = copy.deepcopy(unet).double()
+    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
+    return UNet2DModel.from_pretrained(directory, subfolder="unet").eval()
 
+
+def write_case(summary, generator, unet, run, job, title):
+    """Case render-N: x_T, diffusers' float64 result of `run(unet, x, seeds)` and its
+    float32 deviation, and the job file that renders it (`job` plus the common keys)."""
+    index = len(summary)
+    name = f"render-{index}"
+    seeds = [100 + 10 * index, 101 + 10 * index]
+    x = torch.randn(2, 1, 8, 8, generator=generator)
+    np.save(OUT / f"{name}-noise.npy", x.numpy())
+    out32 = run(unet, x.clone(), seeds)
+    out64 = run(copy.deepcopy(unet).double(), x.double(), seeds)
+    np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
+    deviation = (out32.double() - out64).abs().max().item()
+    job = {**job, "count": 2, "seed": seeds, "init_noise": f"{name}-noise.npy", "formats": ["npy"]}
+    (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
+    summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
+                    "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
+    print(f"{name}: {title} diffusers f32 deviation {deviation:.3e}")
+
+
+def guided(job, scale):
+    return {**job, "guidance": {"kind": "cfg", "scale": scale}} if scale is not None else job
+
+
+def main():
+    torch.manual_seed(0)  # the U-Nets' initial weights, so the fixtures regenerate the same
+    generator = torch.Generator().manual_seed(42)
+    directory = OUT / MODEL
+    unet = tiny_unet(generator, directory, DDIMScheduler())
     summary = []
-    for index, (sampler, config, keys, steps, labels, scale) in enumerate(CASES):
-        seeds = [100 + 10 * index, 101 + 10 * index]
-        x = torch.randn(2, 1, 8, 8, generator=generator)
-        name = f"render-{index}"
-        np.save(OUT / f"{name}-noise.npy", x.numpy())
-        out32 = sample(unet, sampler, config, steps, x.clone(), labels, scale, seeds)
-        out64 = sample(unet64, sampler, config, steps, x.double(), labels, scale, seeds)
-        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
-        deviation = (out32.double() - out64).abs().max().item()
-        job = {"model": MODEL, "sampler": sampler, "steps": steps, "count": 2, "seed": seeds, "class": labels,
-               "init_noise": f"{name}-noise.npy", "formats": ["npy"], **keys}
-        if scale is not None:
-            job["guidance"] = {"kind": "cfg", "scale": scale}
-        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
-        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
-                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
-        print(f"{name}: {sampler} {keys} diffusers f32 deviation {deviation:.3e}")
+    for sampler, config, keys, steps, labels, scale in CASES:
+        job = guided({"model": MODEL, "sampler": sampler, "steps": steps, "class": labels, **keys}, scale)
+        write_case(summary, generator, unet,
+                   lambda model, x, seeds: sample(model, sampler, config, steps, x, labels, scale, seeds), job,
+                   f"{sampler} {keys}")
     base = DDIMScheduler.load_config(directory / "scheduler")
-    for offset, (sampler, kind, options, steps, labels, scale) in enumerate(PIPELINE_CASES):
-        index = len(CASES) + offset
-        seeds = [100 + 10 * index, 101 + 10 * index]
-        x = torch.randn(2, 1, 8, 8, generator=generator)
-        name = f"render-{index}"
-        np.save(OUT / f"{name}-noise.npy", x.numpy())
-        out32 = sample_pipeline(unet, kind, base, options, steps, x.clone(), labels, scale, seeds)
-        out64 = sample_pipeline(unet64, kind, base, options, steps, x.double(), labels, scale, seeds)
-        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
-        deviation = (out32.double() - out64).abs().max().item()
-        job = {"model": MODEL, "sampler": sampler, "steps": steps, "count": 2, "seed": seeds, "class": labels,
-               "init_noise": f"{name}-noise.npy", "formats": ["npy"]}
+    for sampler, kind, options, steps, labels, scale in PIPELINE_CASES:
+        job = guided({"model": MODEL, "sampler": sampler, "steps": steps, "class": labels}, scale)
         if options:
             job["sampler_options"] = options
-        if scale is not None:
-            job["guidance"] = {"kind": "cfg", "scale": scale}
-        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
-        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
-                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
-        print(f"{name}: {sampler} {options} diffusers f32 deviation {deviation:.3e}")
+        write_case(summary, generator, unet,
+                   lambda model, x, seeds: sample_pipeline(model, kind, base, options, steps, x, labels, scale, seeds),
+                   job, f"{sampler} {options}")
     # Improved DDPM: a U-Net of out_channels 2 × in_channels, its variance after its output
-    learned = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=2, block_out_channels=[16, 32], layers_per_block=1,
-        down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-        attention_head_dim=8, norm_num_groups=8, num_class_embeds=11).eval()
-    perturb(learned, generator)
-    learned_directory = OUT / "unet-tiny-learned"
-    if learned_directory.exists():
-        shutil.rmtree(learned_directory)
     learned_config = {"beta_schedule": "squaredcos_cap_v2", "variance_type": "learned_range", "clip_sample": True}
-    DDPMPipeline(unet=learned, scheduler=DDPMScheduler(**learned_config)).save_pretrained(learned_directory)
-    learned = UNet2DModel.from_pretrained(learned_directory, subfolder="unet").eval()
+    learned = tiny_unet(generator, OUT / "unet-tiny-learned", DDPMScheduler(**learned_config), out_channels=2)
     for scale in [None, 2.0]:
-        index = len(summary)
-        seeds = [100 + 10 * index, 101 + 10 * index]
-        labels = [2, 7]
-        x = torch.randn(2, 1, 8, 8, generator=generator)
-        name = f"render-{index}"
-        np.save(OUT / f"{name}-noise.npy", x.numpy())
-        out32 = sample_learned(learned, learned_config, 10, x.clone(), labels, scale, seeds)
-        out64 = sample_learned(copy.deepcopy(learned).double(), learned_config, 10, x.double(), labels, scale, seeds)
-        np.save(OUT / f"{name}-expected.npy", out64.numpy().astype(np.float32))
-        deviation = (out32.double() - out64).abs().max().item()
-        job = {"model": "unet-tiny-learned", "sampler": "ddpm", "steps": 10, "count": 2, "seed": seeds, "class": labels,
-               "init_noise": f"{name}-noise.npy", "formats": ["npy"]}
-        if scale is not None:
-            job["guidance"] = {"kind": "cfg", "scale": scale}
-        (OUT / f"{name}.json").write_text(json.dumps(job, indent=1) + "\n")
-        summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
-                        "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
-        print(f"{name}: ddpm learned_range cfg {scale} diffusers f32 deviation {deviation:.3e}")
+        job = guided({"model": "unet-tiny-learned", "sampler": "ddpm", "steps": 10, "class": [2, 7]}, scale)
+        write_case(summary, generator, learned,
+                   lambda model, x, seeds: sample_learned(model, learned_config, 10, x, [2, 7], scale, seeds), job,
+                   f"ddpm learned_range cfg {scale}")
     (OUT / "render-cases.json").write_text(json.dumps(
         {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
 
