@@ -28,7 +28,7 @@ import diffusers.schedulers.scheduling_ddpm as ddpm_module
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
 
-from make_sampler_fixtures import Philox
+from make_sampler_fixtures import use_host_noise
 
 OUT = pathlib.Path("Tests/DiffusionRenderTests/Fixtures")
 MODEL = "unet-tiny"
@@ -79,13 +79,7 @@ def sample(unet, sampler, config, steps, x, labels, scale, seeds):
     scheduler = kind(**config)
     scheduler.set_timesteps(steps)
     if sampler == "ddpm":
-        streams = [Philox(seed) for seed in seeds]
-
-        def host_noise(shape, generator=None, device=None, dtype=None):
-            per_image = int(np.prod(shape[1:]))
-            return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
-
-        ddpm_module.randn_tensor = host_noise
+        use_host_noise(seeds, ddpm_module)
     labels = torch.tensor(labels)
     null = torch.full_like(labels, 10)
     with torch.no_grad():
@@ -102,14 +96,7 @@ def sample_pipeline(unet, kind, base, options, steps, unit, labels, scale, seeds
     """diffusers' pipeline loop: x_T = init_noise_sigma · unit noise, the model on scale_model_input(x, t)."""
     scheduler = kind.from_config(base, **options)
     scheduler.set_timesteps(steps)
-    streams = [Philox(seed) for seed in seeds]
-
-    def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
-        per_image = int(np.prod(shape[1:]))
-        return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
-
-    for module in (dpm_module, euler_ancestral_module):
-        module.randn_tensor = host_noise
+    use_host_noise(seeds, dpm_module, euler_ancestral_module)
     labels = torch.tensor(labels)
     null = torch.full_like(labels, 10)
     x = unit * float(scheduler.init_noise_sigma)
@@ -129,13 +116,7 @@ def sample_learned(unet, config, steps, x, labels, scale, seeds):
     conditional pass's variance, as diffusers' pipelines of such models (IF, DiT) do."""
     scheduler = DDPMScheduler(**config)
     scheduler.set_timesteps(steps)
-    streams = [Philox(seed) for seed in seeds]
-
-    def host_noise(shape, generator=None, device=None, dtype=None):
-        per_image = int(np.prod(shape[1:]))
-        return torch.tensor([[s.normal() for _ in range(per_image)] for s in streams], dtype=dtype).reshape(shape)
-
-    ddpm_module.randn_tensor = host_noise
+    use_host_noise(seeds, ddpm_module)
     labels = torch.tensor(labels)
     null = torch.full_like(labels, 10)
     with torch.no_grad():

@@ -69,6 +69,20 @@ class Philox:
         return float(np.float32(math.sqrt(-2 * math.log(u)) * math.cos(2 * math.pi * v)))
 
 
+def use_host_noise(seeds, *modules):
+    """Makes the schedulers of `modules` draw, for image i, the normals of the
+    host's stream for seeds[i], as diffusiond's generators do."""
+    streams = [Philox(seed) for seed in seeds]
+
+    def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
+        per_image = int(np.prod(shape[1:]))
+        values = [[s.normal() for _ in range(per_image)] for s in streams[:shape[0]]]
+        return torch.tensor(values, dtype=dtype or torch.float64).reshape(shape)
+
+    for module in modules:
+        module.randn_tensor = host_noise
+
+
 SCHEDULES = {
     "linear": {},
     "scaled_linear": {"beta_start": 0.00085, "beta_end": 0.012},
@@ -186,16 +200,7 @@ def main():
     generator = torch.Generator().manual_seed(0)
     for index, (sampler, config, options, steps) in enumerate(SAMPLERS):
         seeds = [1000 * index + i for i in range(SHAPE[0])]
-        streams = [Philox(seed) for seed in seeds]
-
-        def host_noise(shape, generator=None, device=None, dtype=None):
-            # one image's normals from its own stream, as the host draws them
-            per_image = int(np.prod(shape[1:]))
-            values = [[s.normal() for _ in range(per_image)] for s in streams]
-            return torch.tensor(values, dtype=torch.float64).reshape(shape)
-
-        ddpm_module.randn_tensor = host_noise
-        ddim_module.randn_tensor = host_noise
+        use_host_noise(seeds, ddpm_module, ddim_module)
         kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
         scheduler = kind(**config)
         scheduler.set_timesteps(steps)
@@ -231,15 +236,7 @@ def pipeline_case(index, sampler, kind, config, options, steps):
     """One sampler's whole loop from x_T = init_noise_sigma · unit noise, with
     synthetic model outputs, each evaluation's time input and input scale."""
     seeds = [5000 + 100 * index + i for i in range(SHAPE[0])]
-    streams = [Philox(seed) for seed in seeds]
-
-    def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
-        per_image = int(np.prod(shape[1:]))
-        values = [[s.normal() for _ in range(per_image)] for s in streams]
-        return torch.tensor(values, dtype=torch.float64).reshape(shape)
-
-    for module in (euler_module, euler_ancestral_module, dpm_module, lcm_module):
-        module.randn_tensor = host_noise
+    use_host_noise(seeds, euler_module, euler_ancestral_module, dpm_module, lcm_module)
     scheduler = kind(**config)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(100 + index)
@@ -277,13 +274,7 @@ def score_sde_ve_case(index, config, steps):
     outputs = [torch.randn(SHAPE, generator=generator, dtype=torch.float64) for _ in range(steps * per_step)]
     trajectory = [[] for _ in outputs]
     for image, seed in enumerate(seeds):
-        stream = Philox(seed)
-
-        def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
-            values = [stream.normal() for _ in range(int(np.prod(shape)))]
-            return torch.tensor(values, dtype=torch.float64).reshape(shape)
-
-        sde_ve_module.randn_tensor = host_noise
+        use_host_noise([seed], sde_ve_module)
         x = unit[image:image + 1] * scheduler.init_noise_sigma
         k = 0
         for i, t in enumerate(scheduler.timesteps):
