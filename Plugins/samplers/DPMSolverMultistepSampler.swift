@@ -173,8 +173,7 @@ final class DPMSolverInstance: SamplerInstance {
 
     func restoreState(_ bytes: [UInt8]) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
-        guard saved == steps else { throw PluginError("sampler state is for \(saved) steps, not \(steps)") }
+        try reader.plan(steps)
         let lower = Int(try reader.integer(UInt32.self))
         let restored = try reader.history()
         try reader.finish()

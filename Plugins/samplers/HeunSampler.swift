@@ -93,8 +93,7 @@ final class HeunInstance: DiscreteSigmaSampler {
 
     func restoreState(_ bytes: [UInt8]) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
-        guard saved == steps else { throw PluginError("sampler state is for \(saved) steps, not \(steps)") }
+        try reader.plan(steps)
         let (d, step, x) = (try reader.floats(), try reader.number(), try reader.floats())
         try reader.finish()
         guard d.count == x.count else { throw PluginError("sampler state has a half step of \(d.count) and \(x.count) values") }

@@ -91,8 +91,7 @@ final class LMSInstance: DiscreteSigmaSampler {
 
     func restoreState(_ bytes: [UInt8]) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
-        guard saved == steps else { throw PluginError("sampler state is for \(saved) steps, not \(steps)") }
+        try reader.plan(steps)
         let history = try reader.history()
         try reader.finish()
         guard history.count <= order else { throw PluginError("sampler state keeps \(history.count) derivatives for order \(order)") }

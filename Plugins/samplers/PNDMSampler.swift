@@ -158,8 +158,7 @@ final class PNDMInstance: SamplerInstance {
 
     func restoreState(_ bytes: [UInt8]) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
-        guard saved == timesteps.count else { throw PluginError("sampler state is for \(saved) evaluations, not \(timesteps.count)") }
+        try reader.plan(timesteps.count)
         let (restored, running, start) = (try reader.history(), try reader.floats(), try reader.floats())
         try reader.finish()
         guard restored.count <= 4 else { throw PluginError("sampler state keeps \(restored.count) outputs, more than PLMS uses") }

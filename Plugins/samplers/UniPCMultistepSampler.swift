@@ -165,8 +165,7 @@ final class UniPCInstance: SamplerInstance {
 
     func restoreState(_ bytes: [UInt8]) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
-        guard saved == steps else { throw PluginError("sampler state is for \(saved) steps, not \(steps)") }
+        try reader.plan(steps)
         let (last, lower) = (Int(try reader.integer(UInt32.self)), Int(try reader.integer(UInt32.self)))
         let (sample, restored) = (try reader.floats(), try reader.history())
         try reader.finish()

@@ -10,7 +10,7 @@ public let pluginABIVersion = UInt32(DFN_ABI_MAJOR) << 16 | UInt32(DFN_ABI_MINOR
 public let pluginOK = Int32(DFN_OK), pluginError = Int32(DFN_ERROR)
 
 /// A failure inside a plugin call, reported to the host as one line.
-public struct PluginError: Error {
+public struct PluginError: Error, Equatable {
     public let message: String
     public init(_ message: String) { self.message = message }
 }

@@ -72,6 +72,13 @@ public struct StateReader {
         return try (0..<count).map { _ in try floats() }
     }
 
+    /// Reads the plan's size (steps, or evaluations) the blob was saved with and
+    /// refuses one saved for another plan.
+    public mutating func plan(_ expected: Int) throws {
+        let saved = Int(try integer(UInt32.self))
+        guard saved == expected else { throw PluginError("sampler state is for a plan of \(saved), not \(expected)") }
+    }
+
     /// Ends the read: a blob with bytes left over is not this sampler's.
     public func finish() throws {
         guard offset == bytes.count else { throw PluginError("sampler state has \(bytes.count - offset) bytes past its end") }
@@ -124,8 +131,7 @@ public enum PlanOnlyState {
 
     public static func check(_ bytes: [UInt8], steps: Int) throws {
         var reader = try StateReader(bytes, version: 1)
-        let saved = Int(try reader.integer(UInt32.self))
+        try reader.plan(steps)
         try reader.finish()
-        guard saved == steps else { throw PluginError("sampler state is for \(saved) steps, not \(steps)") }
     }
 }

@@ -68,10 +68,12 @@ nonisolated(unsafe) let fakeHost: UnsafePointer<dfn_host> = {
         #expect(reporting(&buffer, buffer.count) {} == pluginOK)
     }
 
-    @Test func aHostOfAnotherMajorIsDeclined() {
+    @Test func aHostOfAnotherMajorOrAnOlderMinorIsDeclined() {
         var other = fakeHost.pointee
         other.abi_version = 2 << 16
         #expect(hostIsCompatible(fakeHost))
+        #expect(!withUnsafePointer(to: &other) { hostIsCompatible($0) })
+        other.abi_version = 1 << 16  // a 1.0 host cannot drive a 1.1 sampler
         #expect(!withUnsafePointer(to: &other) { hostIsCompatible($0) })
         #expect(!hostIsCompatible(nil))
     }
@@ -87,5 +89,34 @@ nonisolated(unsafe) let fakeHost: UnsafePointer<dfn_host> = {
         #expect(throws: PluginError.self) { try settings.timesteps(steps: 1001, trainSteps: 1000) }
         servedOptions = ["dynamic_thresholding_ratio": 1.5]
         #expect(throws: PluginError.self) { try SamplerSettings(options) }
+    }
+
+    /// State blobs keep every bit (so a resumed sampler continues identically)
+    /// and refuse what is not theirs.
+    @Test func stateBlobsRoundTripBitForBitAndRefuseOthers() throws {
+        var writer = StateWriter(version: 3)
+        writer.integer(UInt32(7))
+        writer.number(-0.0)
+        writer.numbers([.pi, -.infinity])
+        writer.floats([1.5, .leastNonzeroMagnitude, Float(bitPattern: 0x7fc0_1234)])
+        writer.history([[1, 2], [], [3]])
+        var reader = try StateReader(writer.bytes, version: 3)
+        try reader.plan(7)
+        #expect(try reader.number().bitPattern == (-0.0).bitPattern)
+        #expect(try reader.numbers() == [.pi, -.infinity])
+        #expect(try reader.floats().map(\.bitPattern) == [Float(1.5).bitPattern, Float.leastNonzeroMagnitude.bitPattern, 0x7fc0_1234])
+        #expect(try reader.history() == [[1, 2], [], [3]])
+        try reader.finish()
+
+        #expect(throws: PluginError("sampler state version 3 is not known (4 is)")) { try StateReader(writer.bytes, version: 4) }
+        var planned = try StateReader(writer.bytes, version: 3)
+        #expect(throws: PluginError("sampler state is for a plan of 7, not 8")) { try planned.plan(8) }
+        var truncated = try StateReader(Array(writer.bytes.prefix(30)), version: 3)
+        try truncated.plan(7)
+        _ = try truncated.number()
+        #expect(throws: PluginError("sampler state of 30 bytes is truncated")) { try truncated.numbers() }
+        var long = try StateReader(writer.bytes + [0], version: 3)
+        try long.plan(7)
+        #expect(throws: PluginError("sampler state has 73 bytes past its end")) { try long.finish() }
     }
 }
