@@ -185,7 +185,8 @@ typedef struct dfn_sampler {
 
     /* The diffusers scheduler classes (scheduler_config.json `_class_name`)
      * it implements, NULL-terminated: a model whose config names one renders
-     * with this sampler by default. May be NULL. */
+     * with this sampler by default (a class another sampler declared first
+     * stays with that one, and the host logs the clash). May be NULL. */
     const char *const *diffusers_classes;
     /* Describes model evaluation `index` of those set_timesteps planned. */
     int (*describe)(void *instance, int32_t index, dfn_evaluation *evaluation, char *error, size_t error_size);

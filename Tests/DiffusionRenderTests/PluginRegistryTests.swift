@@ -91,6 +91,39 @@ import Testing
         }
     }
 
+    /// A 1.1 sampler must fill the slots 1.1 added; a scheduler class already
+    /// declared by another sampler stays with the first.
+    @Test func aSamplersNewSlotsAreRequiredAndAClassHasOneSampler() throws {
+        let source = """
+            #include "diffusion_plugin.h"
+            static int token;
+            static void *create(const dfn_host *h, const dfn_options *o, const dfn_noise_levels *l, char *e, size_t s) { return &token; }
+            static void destroy(void *i) {}
+            static int32_t timesteps(void *i, int32_t n, int32_t *t, int32_t c, char *e, size_t s) { return n; }
+            static int step(void *i, int32_t k, int32_t n, int64_t z, const float *m, const float *x, float *p, float *o,
+                            dfn_generator *const *g, char *e, size_t s) { return DFN_OK; }
+            static int64_t save(void *i, void *b, int64_t c) { return 0; }
+            static int restore(void *i, const void *b, int64_t n, char *e, size_t s) { return DFN_OK; }
+            static int describe(void *i, int32_t k, dfn_evaluation *v, char *e, size_t s) { return DFN_OK; }
+            static double sigma(void *i) { return 1; }
+            static const char *const ddim_class[] = {"DDIMScheduler", 0};
+            static const dfn_sampler undescribed = {DFN_ABI_VERSION, sizeof(dfn_sampler), "undescribed", "", create, destroy,
+                                                    timesteps, step, save, restore, 0, 0, sigma};
+            static const dfn_sampler claimer = {DFN_ABI_VERSION, sizeof(dfn_sampler), "claimer", "", create, destroy,
+                                                timesteps, step, save, restore, ddim_class, describe, sigma};
+            static const dfn_sampler *const list[] = {&undescribed, &claimer};
+            static const dfn_plugin plugin = {DFN_ABI_VERSION, sizeof(dfn_plugin), "test", "0", 0, 0, 2, list, 0, 0};
+            const dfn_plugin *diffusion_plugin_init(const dfn_host *host) { return &plugin; }
+            """
+        let directory = try TestSupport.temporaryDirectory()
+        try compile(source: source, "libdiffusion-plugin-zz-test.so", in: directory)
+        let registry = PluginRegistry(directories: [TestSupport.buildDirectory, directory])
+        #expect(registry.problems.contains { $0.hasSuffix("component undescribed: its required slot describe is NULL") },
+                "\(registry.problems)")
+        #expect(registry.problems.contains { $0.hasSuffix("sampler claimer claims DDIMScheduler, which sampler ddim already implements") })
+        #expect(registry.samplers["claimer"] != nil && registry.samplerClasses["DDIMScheduler"] == "ddim")
+    }
+
     @Test func refusesBadPluginsAndKeepsGoing() throws {
         let directory = try TestSupport.temporaryDirectory()
         try compile("libdiffusion-plugin-good.so", in: directory, schedule: "good")
