@@ -49,5 +49,13 @@ import Testing
         let compiled = try DaemonProcess.run("/usr/bin/cc", ["-shared", "-fPIC", flags.stdout.trimmingCharacters(in: .whitespacesAndNewlines),
                                                              "-o", "\(root)/libdiffusion-plugin-p.so", source])
         #expect(compiled.status == 0, "\(compiled.stderr)")
+        // pkg-config's abi variable is the header's DFN_ABI_MAJOR.DFN_ABI_MINOR.
+        let abi = try DaemonProcess.run("/usr/bin/env", ["PKG_CONFIG_SYSROOT_DIR=\(stage)", "PKG_CONFIG_LIBDIR=\(stage)/usr/lib/pkgconfig",
+                                                         "pkg-config", "--variable=abi", "diffusion-plugin"])
+        let header = try String(contentsOfFile: "\(stage)/usr/include/diffusiond/diffusion_plugin.h", encoding: .utf8)
+        func define(_ name: String) -> String? {
+            header.split(separator: "\n").first { $0.hasPrefix("#define \(name) ") }.map { String($0.split(separator: " ")[2]) }
+        }
+        #expect(abi.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(define("DFN_ABI_MAJOR") ?? "?").\(define("DFN_ABI_MINOR") ?? "?")")
     }
 }
