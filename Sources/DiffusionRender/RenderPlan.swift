@@ -84,7 +84,7 @@ public final class RenderPlan: @unchecked Sendable {
         if let unread = options.unreadOverrides.first {
             throw DiffusionError("sampler_options: \(unread) is not a setting of sampler \(samplerName) or schedule \(levels.schedule)")
         }
-        try sampler.setTimesteps(job.steps)
+        try sampler.setTimesteps(job.steps, maxEvaluations: limits.maxEvaluations)
         evaluations = sampler.evaluations
         if evaluations.contains(where: \.modelVariance), !model.predictsVariance {
             throw DiffusionError("sampler \(samplerName) reads a learned variance (variance_type), and this model predicts none (out_channels = in_channels)")

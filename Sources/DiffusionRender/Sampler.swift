@@ -66,15 +66,19 @@ public final class Sampler: @unchecked Sendable {
     /// Whether the plugin speaks 1.1: it describes its evaluations itself.
     private var describes: Bool { component.minor >= 1 }
 
-    /// Plans `steps` steps; returns the (rounded) timestep of every evaluation.
+    /// Plans `steps` steps of at most `maxEvaluations` model evaluations;
+    /// returns the (rounded) timestep of every evaluation.
     @discardableResult
-    public func setTimesteps(_ steps: Int) throws -> [Int32] {
+    public func setTimesteps(_ steps: Int, maxEvaluations: Int = RenderLimits().maxEvaluations) throws -> [Int32] {
         let descriptor = component.descriptor.pointee
         var capacity = Int32(max(steps, 1))
         if describes {
             try pluginCall("sampler \(name)") { error, size in
                 capacity = descriptor.set_timesteps(instance, Int32(steps), nil, 0, error, size)
                 return capacity >= 0
+            }
+            guard Int(capacity) <= maxEvaluations else {
+                throw DiffusionError("sampler \(name): \(steps) steps take \(capacity) model evaluations, over the limit of \(maxEvaluations) (20 per step of the steps limit)")
             }
         }
         var chosen = [Int32](repeating: 0, count: Int(max(capacity, 1)))

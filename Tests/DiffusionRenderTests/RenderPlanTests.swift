@@ -69,4 +69,12 @@ import Testing
             #expect(try render.run().shape == [2, 1, 8, 8], "\(sampler)")
         }
     }
+
+    /// Evaluations are bounded like steps: Langevin's levels times steps_per_level.
+    @Test func aPlanOfTooManyEvaluationsIsRefused() throws {
+        #expect(throws: DiffusionError("sampler langevin: 1000 steps take 1000000 model evaluations, over the limit of 20000 (20 per step of the steps limit)")) {
+            try self.plan(#"{"model": "m", "steps": 1000, "sampler": "langevin", "sampler_options": {"steps_per_level": 1000}}"#,
+                          schedulerClass: "DDPMScheduler")
+        }
+    }
 }
