@@ -23,6 +23,23 @@ extension KernelRuntime {
         return output
     }
 
+    /// diffusers' `GaussianFourierProjection` (log = true, sin first): for each
+    /// time σ, [sin(2π·w·log σ), cos(2π·w·log σ)] over the `weight` frequencies `[d]`.
+    public func fourierEmbedding(_ times: [Float], weight: Tensor) -> Tensor {
+        let half = weight.count
+        let output = Tensor(zeros: [times.count, 2 * half])
+        for (row, t) in times.enumerated() {
+            let line = output.data + row * 2 * half
+            let logTime = Foundation.log(Double(t))
+            for i in 0..<half {
+                let angle = logTime * Double(weight.data[i]) * 2 * Double.pi
+                line[i] = Float(sin(angle))
+                line[half + i] = Float(cos(angle))
+            }
+        }
+        return output
+    }
+
     /// Rows `indices` of `table` `[count, dimension]` (an `nn.Embedding`).
     public func embeddingLookup(_ table: Tensor, indices: [Int]) -> Tensor {
         let (count, dimension) = (table.shape[0], table.shape[1])

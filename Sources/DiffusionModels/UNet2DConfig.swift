@@ -16,6 +16,9 @@ public struct UNet2DConfig: Sendable, Equatable {
     public var outChannels = 3
     public var centerInputSample = false
     public var timeEmbeddingDim: Int?
+    /// `time_embedding_type` "fourier" (NCSN++'s Gaussian Fourier features of
+    /// log σ, whose model output is divided by σ) rather than "positional".
+    public var fourierTimeEmbedding = false
     public var freqShift: Float = 0
     public var flipSinToCos = true
     public var downBlockTypes: [DownBlock] = [.plain, .attention, .attention, .attention]
@@ -43,6 +46,9 @@ public struct UNet2DConfig: Sendable, Equatable {
 
     public var timeEmbedDim: Int { timeEmbeddingDim ?? blockOutChannels[0] * 4 }
 
+    /// The width of the time features the time embedding's first linear reads.
+    public var timeFeatureDim: Int { fourierTimeEmbedding ? 2 * blockOutChannels[0] : blockOutChannels[0] }
+
     public init(json data: Data, source: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
             throw DiffusionError("\(source): not a JSON object")
@@ -60,7 +66,7 @@ public struct UNet2DConfig: Sendable, Equatable {
         inChannels = try reader.int("in_channels") ?? inChannels
         outChannels = try reader.int("out_channels") ?? outChannels
         centerInputSample = try reader.bool("center_input_sample") ?? centerInputSample
-        try reader.require("time_embedding_type", oneOf: ["positional"])
+        fourierTimeEmbedding = try reader.require("time_embedding_type", oneOf: ["positional", "fourier"]) == "fourier"
         timeEmbeddingDim = try reader.int("time_embedding_dim")
         freqShift = try reader.float("freq_shift") ?? freqShift
         flipSinToCos = try reader.bool("flip_sin_to_cos") ?? flipSinToCos
@@ -193,10 +199,12 @@ struct ConfigReader {
         return list
     }
 
-    /// Accepts `key` when absent or equal to one of `allowed`.
-    mutating func require(_ key: String, oneOf allowed: [String]) throws {
-        guard let raw = value(key), !(raw is NSNull) else { return }
+    /// Accepts `key` when absent (nil) or equal to one of `allowed` (that value).
+    @discardableResult
+    mutating func require(_ key: String, oneOf allowed: [String]) throws -> String? {
+        guard let raw = value(key), !(raw is NSNull) else { return nil }
         guard let text = raw as? String, allowed.contains(text) else { throw unsupported(key, raw) }
+        return text
     }
 
     func rejectUnknownKeys() throws {

@@ -10,6 +10,8 @@ import Foundation
 public final class UNet2DModel: Sendable {
     public let config: UNet2DConfig
     let convIn: Conv2DLayer
+    /// The Fourier frequencies of a `fourier` time embedding.
+    let fourierWeight: Tensor?
     let timeLinear1: LinearLayer
     let timeLinear2: LinearLayer
     let classEmbedding: Tensor?
@@ -27,7 +29,8 @@ public final class UNet2DModel: Sendable {
         let (groups, eps) = (config.normNumGroups, config.normEps)
         let timeDim = config.timeEmbedDim
         convIn = try w.conv("conv_in", in: config.inChannels, out: channels[0], kernel: 3, padding: .uniform(1))
-        timeLinear1 = try w.linear("time_embedding.linear_1", in: channels[0], out: timeDim)
+        fourierWeight = config.fourierTimeEmbedding ? try w.tensor("time_proj.weight", shape: [channels[0]]) : nil
+        timeLinear1 = try w.linear("time_embedding.linear_1", in: config.timeFeatureDim, out: timeDim)
         timeLinear2 = try w.linear("time_embedding.linear_2", in: timeDim, out: timeDim)
         classEmbedding = try config.numClassEmbeds.map {
             try w.tensor("class_embedding.weight", shape: [$0, timeDim])
@@ -117,8 +120,12 @@ public final class UNet2DModel: Sendable {
             throw DiffusionError("\(timesteps.count) timesteps for a batch of \(batch)")
         }
 
-        var time = k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0],
-                                       flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
+        if fourierWeight != nil, let bad = timesteps.first(where: { !($0 > 0) }) {
+            throw DiffusionError("a model of Fourier time features takes σ > 0 as its time, not \(bad)")
+        }
+        var time = fourierWeight.map { k.fourierEmbedding(timesteps, weight: $0) }
+            ?? k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0],
+                                   flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
         time = k.linear(k.linear(time, timeLinear1), timeLinear2, siluInput: true)
         switch (classEmbedding, classLabels) {
         case let (table?, labels?):
@@ -146,6 +153,13 @@ public final class UNet2DModel: Sendable {
         }
         if let midBlock { h = midBlock(h, activatedTime: activatedTime, on: k) }
         for block in upBlocks { h = block(h, skips: &skips, activatedTime: activatedTime, on: k) }
-        return k.conv2d(k.groupNorm(h, normOut, silu: true), convOut)
+        let output = k.conv2d(k.groupNorm(h, normOut, silu: true), convOut)
+        guard fourierWeight != nil else { return output }
+        // a score model's output over σ: ∇ log p_σ(x) ≈ −ε/σ
+        let size = output.sliceCount
+        for (image, sigma) in timesteps.enumerated() {
+            for i in 0..<size { output.data[image * size + i] /= sigma }
+        }
+        return output
     }
 }

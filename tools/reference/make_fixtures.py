@@ -65,6 +65,14 @@ CASES = {
             up_block_types=["AttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
             layers_per_block=1, attention_head_dim=None, norm_num_groups=4, add_attention=False,
             num_class_embeds=2)),
+    # A score model (NCSN++'s time input): Gaussian Fourier features of log σ, the output over σ.
+    "pipeline-fourier-score": dict(
+        layout="pipeline", dtype="float32", batch=2, timesteps=[0.05, 17.5], class_labels=None,
+        config=dict(
+            sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32],
+            down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+            layers_per_block=1, attention_head_dim=8, norm_num_groups=8, time_embedding_type="fourier",
+            mid_block_scale_factor=math.sqrt(2))),
 }
 
 LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
