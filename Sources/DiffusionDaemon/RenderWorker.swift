@@ -225,7 +225,7 @@ final class RenderWorker: @unchecked Sendable {
             guard render.endedStep else { continue }  // the middle of a step of several evaluations
             var preview: String?
             if assignment.previewEvery > 0, step % assignment.previewEvery == 0, let estimate = render.predictedOriginal {
-                preview = writePreview(estimate, assignment)
+                preview = writePreview(estimate, range: render.model.description.sampleRange, assignment)
             }
             report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: preview))
             if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
@@ -262,10 +262,10 @@ final class RenderWorker: @unchecked Sendable {
     }
 
     /// x̂₀ as a grid PNG, replaced atomically; nil if it could not be written.
-    private func writePreview(_ estimate: Tensor, _ assignment: RenderAssignment) -> String? {
+    private func writePreview(_ estimate: Tensor, range: ClosedRange<Float>, _ assignment: RenderAssignment) -> String? {
         let temporary = assignment.previewPath + ".tmp"
         do {
-            try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, to: temporary)
+            try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, range: range, to: temporary)
             try OutputDirectory.giveAway(file: temporary, to: assignment.owner)
             guard rename(temporary, assignment.previewPath) == 0 else { return nil }
             return assignment.previewPath

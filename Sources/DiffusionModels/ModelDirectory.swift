@@ -59,15 +59,24 @@ public struct ModelDirectory: Sendable {
         return object
     }
 
-    /// The pipelines this host renders, by model_index.json's `_class_name`: the
-    /// components each one reads and the classes each may be (empty: any, the
-    /// scheduler's class picks a sampler instead). A directory naming another
-    /// pipeline, or a component its pipeline does not read, is refused at load:
-    /// rendering part of a pipeline would write wrong images without an error.
-    static let pipelines: [String: [String: Set<String>]] = [
-        "DDPMPipeline": ["unet": ["UNet2DModel"], "scheduler": []],
-        "DDIMPipeline": ["unet": ["UNet2DModel"], "scheduler": []],
-        "GaussianMixture": ["scheduler": []],
+    /// One pipeline class as this host renders it: the components it reads
+    /// and the classes each may be (empty: any, the scheduler's class picks a
+    /// sampler instead), and the range of its samples' pixel values.
+    struct Pipeline {
+        let components: [String: Set<String>]
+        var sampleRange: ClosedRange<Float> = -1...1
+    }
+
+    /// The pipelines this host renders, by model_index.json's `_class_name`. A
+    /// directory naming another pipeline, or a component its pipeline does not
+    /// read, is refused at load: rendering part of a pipeline would write wrong
+    /// images without an error.
+    static let pipelines: [String: Pipeline] = [
+        "DDPMPipeline": Pipeline(components: ["unet": ["UNet2DModel"], "scheduler": []]),
+        "DDIMPipeline": Pipeline(components: ["unet": ["UNet2DModel"], "scheduler": []]),
+        // Song et al.'s score models sample images in [0, 1]
+        "ScoreSdeVePipeline": Pipeline(components: ["unet": ["UNet2DModel"], "scheduler": []], sampleRange: 0...1),
+        "GaussianMixture": Pipeline(components: ["scheduler": []]),
     ]
 
     /// The pipeline class and its components, checked against `pipelines`
@@ -76,7 +85,7 @@ public struct ModelDirectory: Sendable {
         guard layout == .pipeline else { return "DDPMPipeline" }
         let source = "\(path)/model_index.json"
         guard let name = index["_class_name"] as? String else { throw DiffusionError("\(source): no \"_class_name\"") }
-        guard let components = Self.pipelines[name] else {
+        guard let components = Self.pipelines[name]?.components else {
             throw DiffusionError("\(source): pipeline \(name) is not supported (supported: \(Self.pipelines.keys.sorted().joined(separator: ", ")))")
         }
         // Components are the entries ["library", "Class"]; [null, null] marks one left out.
@@ -127,6 +136,7 @@ public struct ModelDirectory: Sendable {
             sampleShape: sampleShape, classCount: classCount, nullClass: nullClass,
             hasClassifier: pipeline == "GaussianMixture" || FileManager.default.fileExists(atPath: classifierConfigPath),
             predictsVariance: predictsVariance,
+            sampleRange: Self.pipelines[pipeline]?.sampleRange ?? -1...1,
             recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
             schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
             schedulerConfigSource: schedulerConfigPath)
@@ -204,16 +214,20 @@ public struct ModelDescription: Sendable {
     /// Whether the model returns its variance too: out_channels = 2 × in_channels
     /// (Improved DDPM's learned variance), the variance after the output.
     public let predictsVariance: Bool
+    /// The pixel values of its samples: −1...1, or 0...1 for score models' pipelines.
+    public let sampleRange: ClosedRange<Float>
     public let recommendedGuidanceScale: Double?
     /// scheduler_config.json as stored (nil when the directory has none), and where it is.
     public let schedulerConfigData: Data?
     public let schedulerConfigSource: String
 
     public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool, predictsVariance: Bool = false,
-                recommendedGuidanceScale: Double?, schedulerConfigData: Data?, schedulerConfigSource: String)
+                sampleRange: ClosedRange<Float> = -1...1, recommendedGuidanceScale: Double?, schedulerConfigData: Data?,
+                schedulerConfigSource: String)
     {
         self.sampleShape = sampleShape
         self.predictsVariance = predictsVariance
+        self.sampleRange = sampleRange
         self.classCount = classCount
         self.nullClass = nullClass
         self.hasClassifier = hasClassifier

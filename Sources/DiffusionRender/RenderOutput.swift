@@ -3,7 +3,8 @@ import DiffusionKernels
 import Foundation
 
 /// The files a finished render leaves in its output directory:
-/// `image-NNNN.png` (8-bit, pixel = round(clamp((x+1)/2, 0, 1)·255), with an iTXt
+/// `image-NNNN.png` (8-bit, pixel = round(clamp((x − low)/(high − low), 0, 1)·255)
+/// over the model's sample range: −1...1, or 0...1 for score models; with an iTXt
 /// chunk `diffusiond` holding the resolved job, the image's own seed, the model's
 /// content hash and the program version), `grid.png` (about √count columns),
 /// `job.json` (the resolved job) and, with format `npy`, `samples.npy` (the final
@@ -18,6 +19,7 @@ public enum RenderOutput {
         } catch {
             throw DiffusionError("cannot create output directory \(directory): \(error.localizedDescription)")
         }
+        let range = render.model.description.sampleRange
         let job = render.plan.resolvedJob
         let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
         if render.job.formats.contains(.png) {
@@ -29,12 +31,12 @@ public enum RenderOutput {
                     "program": "diffusiond \(programVersion)",
                 ]
                 try PNGFile.write(path: String(format: "%@/image-%04d.png", directory, image),
-                                  pixels: pixels(samples, images: image..<(image + 1), columns: 1),
+                                  pixels: pixels(samples, images: image..<(image + 1), columns: 1, range: range),
                                   width: width, height: height, channels: channels,
                                   text: ["diffusiond": try json(text)],
                                   latinText: ["parameters": parameters(render, image: image)])
             }
-            try writeGrid(samples, columns: render.job.gridColumns, to: "\(directory)/grid.png")
+            try writeGrid(samples, columns: render.job.gridColumns, range: range, to: "\(directory)/grid.png")
         }
         if render.job.formats.contains(.npy) {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
@@ -46,11 +48,11 @@ public enum RenderOutput {
 
     /// Every image of `samples` in one PNG, `columns` wide (default ⌈√count⌉).
     /// grid.png, and the daemon's previews of x̂₀, are this.
-    public static func writeGrid(_ samples: Tensor, columns: Int?, to path: String) throws {
+    public static func writeGrid(_ samples: Tensor, columns: Int?, range: ClosedRange<Float>, to path: String) throws {
         let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
         let columns = min(columns ?? Int(Double(count).squareRoot().rounded(.up)), count)
         let rows = (count + columns - 1) / columns
-        try PNGFile.write(path: path, pixels: pixels(samples, images: 0..<count, columns: columns),
+        try PNGFile.write(path: path, pixels: pixels(samples, images: 0..<count, columns: columns, range: range),
                           width: width * columns, height: height * rows, channels: channels, text: [:])
     }
 
@@ -80,7 +82,9 @@ public enum RenderOutput {
     }
 
     /// 8-bit interleaved pixels of `images` laid out `columns` wide (unused cells black).
-    static func pixels(_ samples: Tensor, images: Range<Int>, columns: Int) -> [UInt8] {
+    /// `range` (the model's sample range) maps onto 0...255.
+    static func pixels(_ samples: Tensor, images: Range<Int>, columns: Int, range: ClosedRange<Float>) -> [UInt8] {
+        let (low, span) = (range.lowerBound, range.upperBound - range.lowerBound)
         let (channels, height, width) = (samples.shape[1], samples.shape[2], samples.shape[3])
         let rows = (images.count + columns - 1) / columns
         let stride = width * columns * channels
@@ -91,7 +95,7 @@ public enum RenderOutput {
             for c in 0..<channels { for y in 0..<height { for x in 0..<width {
                 let value = base[(c * height + y) * width + x]
                 // NaN (which no finished render holds) is black rather than a trap.
-                let level = value.isNaN ? 0 : ((min(max((value + 1) / 2, 0), 1)) * 255).rounded()
+                let level = value.isNaN ? 0 : ((min(max((value - low) / span, 0), 1)) * 255).rounded()
                 out[(gridRow * height + y) * stride + (gridColumn * width + x) * channels + c] = UInt8(level)
             } } }
         }

@@ -77,4 +77,15 @@ import Testing
                           schedulerClass: "DDPMScheduler")
         }
     }
+
+    /// A ScoreSdeVePipeline directory picks score_sde_ve from its scheduler
+    /// class, and its samples are pixels in 0...1 (the PNGs map 0...1 to 0...255).
+    @Test func aScorePipelineSamplesInZeroToOne() throws {
+        let score = try TestSupport.models.load("unet-tiny-score", relativeTo: nil)
+        #expect(score.description.sampleRange == 0...1)
+        #expect(try TestSupport.models.load("unet-tiny", relativeTo: nil).description.sampleRange == -1...1)
+        let plan = try RenderPlan(job: Job(json: Data(#"{"model": "unet-tiny-score", "steps": 4}"#.utf8), source: "job"),
+                                  model: score.description, registry: TestSupport.registry, limits: RenderLimits(), initNoise: nil)
+        #expect(plan.samplerName == "score_sde_ve" && plan.evaluations.count == 8)
+    }
 }

@@ -23,7 +23,8 @@ import torch
 import diffusers
 from diffusers import (DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler,
                        EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, HeunDiscreteScheduler, PNDMScheduler,
-                       UNet2DModel, UniPCMultistepScheduler)
+                       ScoreSdeVePipeline, ScoreSdeVeScheduler, UNet2DModel, UniPCMultistepScheduler)
+import diffusers.schedulers.scheduling_sde_ve as sde_ve_module
 import diffusers.schedulers.scheduling_ddpm as ddpm_module
 import diffusers.schedulers.scheduling_dpmsolver_multistep as dpm_module
 import diffusers.schedulers.scheduling_euler_ancestral_discrete as euler_ancestral_module
@@ -131,16 +132,18 @@ def sample_learned(unet, config, steps, x, labels, scale, seeds):
     return x
 
 
-def tiny_unet(generator, directory, scheduler, out_channels=1):
-    """A random-weight class-conditional U-Net saved with `scheduler`, reloaded as saved."""
-    unet = UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=out_channels, block_out_channels=[16, 32], layers_per_block=1,
-        down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
-        attention_head_dim=8, norm_num_groups=8, num_class_embeds=11).eval()
+def tiny_unet(generator, directory, scheduler, out_channels=1, pipeline=DDPMPipeline, **options):
+    """A random-weight U-Net (class-conditional unless `options` say otherwise)
+    saved in `pipeline` with `scheduler`, reloaded as saved."""
+    unet = UNet2DModel(**{
+        "sample_size": 8, "in_channels": 1, "out_channels": out_channels, "block_out_channels": [16, 32],
+        "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
+        "up_block_types": ["AttnUpBlock2D", "UpBlock2D"], "attention_head_dim": 8, "norm_num_groups": 8,
+        "num_class_embeds": 11, **options}).eval()
     perturb(unet, generator)
     if directory.exists():
         shutil.rmtree(directory)
-    DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
+    pipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
     return UNet2DModel.from_pretrained(directory, subfolder="unet").eval()
 
 
@@ -161,6 +164,28 @@ def write_case(summary, generator, unet, run, job, title):
     summary.append({"job": f"{name}.json", "expected": f"{name}-expected.npy",
                     "diffusers_f32_max_abs_deviation": deviation, "tolerance": max(2e-3, 2 * deviation)})
     print(f"{name}: {title} diffusers f32 deviation {deviation:.3e}")
+
+
+def sample_score_sde_ve(unet, config, steps, x, seeds):
+    """ScoreSdeVePipeline's loop, one image at a time (its corrector averages norms
+    over the batch; the host keeps images independent); the predictor's mean at the end."""
+    results = []
+    for image, seed in enumerate(seeds):
+        scheduler = ScoreSdeVeScheduler(**config)
+        scheduler.set_timesteps(steps)
+        scheduler.set_sigmas(steps)
+        use_host_noise([seed], sde_ve_module)
+        sample = x[image:image + 1] * scheduler.init_noise_sigma
+        with torch.no_grad():
+            for i, t in enumerate(scheduler.timesteps):
+                sigma = scheduler.sigmas[i] * torch.ones(1, dtype=x.dtype)
+                # (the host noise comes as float64; the float32 run stays float32)
+                for _ in range(scheduler.config.correct_steps):
+                    sample = scheduler.step_correct(unet(sample, sigma).sample, sample).prev_sample.to(x.dtype)
+                output = scheduler.step_pred(unet(sample, sigma).sample, t, sample)
+                sample, mean = output.prev_sample.to(x.dtype), output.prev_sample_mean.to(x.dtype)
+        results.append(mean)
+    return torch.cat(results)
 
 
 def guided(job, scale):
@@ -194,6 +219,13 @@ def main():
         write_case(summary, generator, learned,
                    lambda model, x, seeds: sample_learned(model, learned_config, 10, x, [2, 7], scale, seeds), job,
                    f"ddpm learned_range cfg {scale}")
+    # Score SDE VE: a Fourier-time U-Net saved as a ScoreSdeVePipeline, whose scheduler class picks the sampler
+    score_config = {"sigma_max": 50.0, "sigma_min": 0.01, "snr": 0.16, "correct_steps": 1}
+    score = tiny_unet(generator, OUT / "unet-tiny-score", ScoreSdeVeScheduler(**score_config),
+                      pipeline=ScoreSdeVePipeline, num_class_embeds=None, time_embedding_type="fourier")
+    write_case(summary, generator, score,
+               lambda model, x, seeds: sample_score_sde_ve(model, score_config, 8, x, seeds),
+               {"model": "unet-tiny-score", "steps": 8}, "score_sde_ve (from the scheduler class)")
     (OUT / "render-cases.json").write_text(json.dumps(
         {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
 
