@@ -1,9 +1,11 @@
 import DiffusionKernels
 
 /// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"`:
-/// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`.
+/// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`,
+/// and NCSN++'s form that resamples x and silu(norm1(x)) by FIR before conv1.
 struct ResnetBlock: Sendable {
     let norm1: GroupNormLayer
+    let resample: KernelRuntime.FIRResample?
     let conv1: Conv2DLayer
     let timeProjection: LinearLayer
     let norm2: GroupNormLayer
@@ -11,24 +13,34 @@ struct ResnetBlock: Sendable {
     let shortcut: Conv2DLayer?
     let outputScale: Float
 
+    /// `groups`/`groupsOut`: the two norms' groups (the config's by default);
+    /// `shortcut`: a 1x1 shortcut even between equal widths (diffusers' `use_in_shortcut`).
     init(_ w: inout WeightReader, _ prefix: String, in inChannels: Int, out: Int, config: UNet2DConfig,
-         outputScale: Float = 1) throws
+         outputScale: Float = 1, groups: Int? = nil, groupsOut: Int? = nil, resample: KernelRuntime.FIRResample? = nil,
+         shortcut forcedShortcut: Bool = false) throws
     {
-        let (groups, eps) = (config.normNumGroups, config.normEps)
+        let eps = config.normEps
+        let groups = groups ?? config.normNumGroups
         norm1 = try w.groupNorm("\(prefix).norm1", channels: inChannels, groups: groups, epsilon: eps)
+        self.resample = resample
         conv1 = try w.conv("\(prefix).conv1", in: inChannels, out: out, kernel: 3, padding: .uniform(1))
         timeProjection = try w.linear("\(prefix).time_emb_proj", in: config.timeEmbedDim, out: out)
-        norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groups, epsilon: eps)
+        norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groupsOut ?? groups, epsilon: eps)
         conv2 = try w.conv("\(prefix).conv2", in: out, out: out, kernel: 3, padding: .uniform(1))
-        shortcut = inChannels == out
+        shortcut = inChannels == out && !forcedShortcut
             ? nil : try w.conv("\(prefix).conv_shortcut", in: inChannels, out: out, kernel: 1, padding: .uniform(0))
         self.outputScale = outputScale
     }
 
     /// `activatedTime` is `silu(temb)`, shared by every resnet of a forward pass.
-    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
+    func callAsFunction(_ input: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
         let timeBias = k.linear(activatedTime, timeProjection)
-        var h = k.groupNorm(x, norm1, silu: true)
+        var h = k.groupNorm(input, norm1, silu: true)
+        var x = input
+        if let resample {
+            x = k.firResample(x, resample)
+            h = k.firResample(h, resample)
+        }
         h = k.conv2d(h, conv1, epilogue: ConvEpilogue(channelBias: timeBias))
         h = k.groupNorm(h, norm2, silu: true)
         let skip = shortcut.map { k.conv2d(x, $0) } ?? x

@@ -8,8 +8,16 @@ import Foundation
 /// value, or an unknown key, is an error naming both. Keys starting with `_` are
 /// diffusers' bookkeeping and are ignored.
 public struct UNet2DConfig: Sendable, Equatable {
-    public enum DownBlock: String, Sendable { case plain = "DownBlock2D", attention = "AttnDownBlock2D" }
-    public enum UpBlock: String, Sendable { case plain = "UpBlock2D", attention = "AttnUpBlock2D" }
+    /// The block types; the skip ones are NCSN++'s (FIR resampling, the image
+    /// carried beside the features).
+    public enum DownBlock: String, Sendable {
+        case plain = "DownBlock2D", attention = "AttnDownBlock2D"
+        case skip = "SkipDownBlock2D", attentionSkip = "AttnSkipDownBlock2D"
+    }
+    public enum UpBlock: String, Sendable {
+        case plain = "UpBlock2D", attention = "AttnUpBlock2D"
+        case skip = "SkipUpBlock2D", attentionSkip = "AttnSkipUpBlock2D"
+    }
 
     public var sampleSize: [Int]?
     public var inChannels = 3
@@ -30,6 +38,8 @@ public struct UNet2DConfig: Sendable, Equatable {
     public var downsamplePadding = 1
     public var attentionHeadDim: Int? = 8
     public var normNumGroups = 32
+    /// `norm_num_groups: null` (NCSN++): each norm takes min(channels/4, 32) groups.
+    public var normGroupsFromChannels = false
     public var attnNormNumGroups: Int?
     public var normEps: Float = 1e-5
     public var addAttention = true
@@ -48,6 +58,9 @@ public struct UNet2DConfig: Sendable, Equatable {
 
     /// The width of the time features the time embedding's first linear reads.
     public var timeFeatureDim: Int { fourierTimeEmbedding ? 2 * blockOutChannels[0] : blockOutChannels[0] }
+
+    /// The groups of a norm over `channels` outside the skip blocks' own rules.
+    public func normGroups(_ channels: Int) -> Int { normGroupsFromChannels ? min(channels / 4, 32) : normNumGroups }
 
     public init(json data: Data, source: String) throws {
         guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
@@ -94,6 +107,7 @@ public struct UNet2DConfig: Sendable, Equatable {
         if keys["attention_head_dim"] != nil {
             attentionHeadDim = try reader.int("attention_head_dim")
         }
+        normGroupsFromChannels = keys["norm_num_groups"] is NSNull
         normNumGroups = try reader.int("norm_num_groups") ?? normNumGroups
         attnNormNumGroups = try reader.int("attn_norm_num_groups")
         normEps = try reader.float("norm_eps") ?? normEps
@@ -116,15 +130,21 @@ public struct UNet2DConfig: Sendable, Equatable {
         guard layersPerBlock >= 1, inChannels >= 1, outChannels >= 1, normNumGroups >= 1 else {
             throw DiffusionError("\(source): layers_per_block, in_channels, out_channels and norm_num_groups must be positive")
         }
-        if let bad = blockOutChannels.first(where: { $0 % normNumGroups != 0 }) {
+        let plain: Set<DownBlock> = [.plain, .attention]
+        if normGroupsFromChannels, let bad = zip(downBlockTypes, upBlockTypes).first(where: {
+            plain.contains($0.0) || $0.1 == .plain || $0.1 == .attention
+        }) {
+            throw DiffusionError("\(source): norm_num_groups null needs skip blocks throughout, not \(bad.0.rawValue) / \(bad.1.rawValue)")
+        }
+        if !normGroupsFromChannels, let bad = blockOutChannels.first(where: { $0 % normNumGroups != 0 }) {
             throw DiffusionError("\(source): block_out_channels \(bad) is not divisible by norm_num_groups \(normNumGroups)")
         }
         guard (0...1).contains(downsamplePadding) else {
             throw DiffusionError("\(source): downsample_padding \(downsamplePadding) is not supported (0 or 1 are)")
         }
         // Only the blocks that have attention split their channels into heads.
-        var attended = zip(blockOutChannels, downBlockTypes).filter { $0.1 == .attention }.map(\.0)
-        attended += zip(blockOutChannels.reversed(), upBlockTypes).filter { $0.1 == .attention }.map(\.0)
+        var attended = zip(blockOutChannels, downBlockTypes).filter { $0.1 == .attention || $0.1 == .attentionSkip }.map(\.0)
+        attended += zip(blockOutChannels.reversed(), upBlockTypes).filter { $0.1 == .attention || $0.1 == .attentionSkip }.map(\.0)
         if hasMidBlock && addAttention { attended.append(blockOutChannels[levels - 1]) }
         if let head = attentionHeadDim, let bad = attended.first(where: { head <= 0 || $0 % head != 0 }) {
             throw DiffusionError("\(source): attention_head_dim \(head) does not divide the \(bad) channels of an attention block")

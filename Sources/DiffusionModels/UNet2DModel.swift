@@ -15,9 +15,13 @@ public final class UNet2DModel: Sendable {
     let timeLinear1: LinearLayer
     let timeLinear2: LinearLayer
     let classEmbedding: Tensor?
-    let downBlocks: [DownBlock]
+    /// A level of either kind: diffusers' own blocks, or NCSN++'s skip blocks.
+    enum DownLevel: Sendable { case plain(DownBlock), skip(SkipDownBlock) }
+    enum UpLevel: Sendable { case plain(UpBlock), skip(SkipUpBlock) }
+
+    let downBlocks: [DownLevel]
     let midBlock: MidBlock?
-    let upBlocks: [UpBlock]
+    let upBlocks: [UpLevel]
     let normOut: GroupNormLayer
     let convOut: Conv2DLayer
 
@@ -40,10 +44,16 @@ public final class UNet2DModel: Sendable {
                             epsilon: eps, rescaleOutputFactor: rescale)
         }
 
-        var down: [DownBlock] = []
+        var down: [DownLevel] = []
         for (level, type) in config.downBlockTypes.enumerated() {
             let prefix = "down_blocks.\(level)"
             let out = channels[level]
+            if type == .skip || type == .attentionSkip {
+                down.append(.skip(try SkipDownBlock(&w, prefix, in: channels[max(level - 1, 0)], out: out,
+                                                    attention: type == .attentionSkip, last: level == channels.count - 1,
+                                                    config: config)))
+                continue
+            }
             var resnets: [ResnetBlock] = []
             var attentions: [AttentionLayer] = []
             for layer in 0..<config.layersPerBlock {
@@ -56,30 +66,39 @@ public final class UNet2DModel: Sendable {
                 ? Padding.uniform(1) : Padding(top: 0, left: 0, bottom: 1, right: 1)
             let downsample = isLast
                 ? nil : try w.conv("\(prefix).downsamplers.0.conv", in: out, out: out, kernel: 3, stride: 2, padding: pad)
-            down.append(DownBlock(resnets: resnets, attentions: attentions, downsample: downsample))
+            down.append(.plain(DownBlock(resnets: resnets, attentions: attentions, downsample: downsample)))
         }
         downBlocks = down
 
         if config.hasMidBlock {
             let c = channels[channels.count - 1]
             let scale = config.midBlockScaleFactor
+            let resnetGroups = config.normGroups(c)
             midBlock = MidBlock(
-                first: try ResnetBlock(&w, "mid_block.resnets.0", in: c, out: c, config: config, outputScale: scale),
+                first: try ResnetBlock(&w, "mid_block.resnets.0", in: c, out: c, config: config, outputScale: scale,
+                                       groups: resnetGroups),
                 attention: config.addAttention
-                    ? try attention("mid_block.attentions.0", c, groups: config.attnNormNumGroups ?? groups, rescale: scale)
+                    ? try attention("mid_block.attentions.0", c, groups: config.attnNormNumGroups ?? resnetGroups, rescale: scale)
                     : nil,
-                second: try ResnetBlock(&w, "mid_block.resnets.1", in: c, out: c, config: config, outputScale: scale))
+                second: try ResnetBlock(&w, "mid_block.resnets.1", in: c, out: c, config: config, outputScale: scale,
+                                        groups: resnetGroups))
         } else {
             midBlock = nil
         }
 
         let reversed = Array(channels.reversed())
-        var up: [UpBlock] = []
+        var up: [UpLevel] = []
         for (level, type) in config.upBlockTypes.enumerated() {
             let prefix = "up_blocks.\(level)"
             let out = reversed[level]
             let previous = reversed[max(level - 1, 0)]
             let skipIn = reversed[min(level + 1, channels.count - 1)]
+            if type == .skip || type == .attentionSkip {
+                up.append(.skip(try SkipUpBlock(&w, prefix, previous: previous, out: out, skipIn: skipIn,
+                                                attention: type == .attentionSkip, last: level == channels.count - 1,
+                                                config: config)))
+                continue
+            }
             var resnets: [ResnetBlock] = []
             var attentions: [AttentionLayer] = []
             let layers = config.layersPerBlock + 1
@@ -92,11 +111,11 @@ public final class UNet2DModel: Sendable {
             let isLast = level == channels.count - 1
             let upsample = isLast
                 ? nil : try w.conv("\(prefix).upsamplers.0.conv", in: out, out: out, kernel: 3, padding: .uniform(1))
-            up.append(UpBlock(resnets: resnets, attentions: attentions, upsample: upsample))
+            up.append(.plain(UpBlock(resnets: resnets, attentions: attentions, upsample: upsample)))
         }
         upBlocks = up
 
-        normOut = try w.groupNorm("conv_norm_out", channels: channels[0], groups: groups, epsilon: eps)
+        normOut = try w.groupNorm("conv_norm_out", channels: channels[0], groups: config.normGroups(channels[0]), epsilon: eps)
         convOut = try w.conv("conv_out", in: channels[0], out: config.outChannels, kernel: 3, padding: .uniform(1))
         try w.rejectUnused()
     }
@@ -144,16 +163,29 @@ public final class UNet2DModel: Sendable {
         let activatedTime = k.silu(time)
 
         var h = config.centerInputSample ? k.affine(sample, scale: 2, shift: -1) : sample
+        var image = h  // the skip blocks' image path starts from the input
         h = k.conv2d(h, convIn)
         var skips = [h]
-        for block in downBlocks {
-            let (output, blockSkips) = block(h, activatedTime: activatedTime, on: k)
-            h = output
-            skips += blockSkips
+        for level in downBlocks {
+            switch level {
+            case .plain(let block):
+                let (output, blockSkips) = block(h, activatedTime: activatedTime, on: k)
+                (h, skips) = (output, skips + blockSkips)
+            case .skip(let block):
+                let (output, blockSkips, smaller) = block(h, image: image, activatedTime: activatedTime, on: k)
+                (h, skips, image) = (output, skips + blockSkips, smaller)
+            }
         }
         if let midBlock { h = midBlock(h, activatedTime: activatedTime, on: k) }
-        for block in upBlocks { h = block(h, skips: &skips, activatedTime: activatedTime, on: k) }
-        let output = k.conv2d(k.groupNorm(h, normOut, silu: true), convOut)
+        var rebuilt: Tensor?
+        for level in upBlocks {
+            switch level {
+            case .plain(let block): h = block(h, skips: &skips, activatedTime: activatedTime, on: k)
+            case .skip(let block): (h, rebuilt) = block(h, skips: &skips, image: rebuilt, activatedTime: activatedTime, on: k)
+            }
+        }
+        var output = k.conv2d(k.groupNorm(h, normOut, silu: true), convOut)
+        if let rebuilt { output = k.add(output, rebuilt) }
         guard fourierWeight != nil else { return output }
         // a score model's output over σ: ∇ log p_σ(x) ≈ −ε/σ
         let size = output.sliceCount

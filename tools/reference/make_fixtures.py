@@ -73,6 +73,16 @@ CASES = {
             down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
             layers_per_block=1, attention_head_dim=8, norm_num_groups=8, time_embedding_type="fourier",
             mid_block_scale_factor=math.sqrt(2))),
+    # NCSN++ as google/ncsnpp-* build it: skip blocks with FIR resampling and the image path,
+    # norms of min(c/4, 32) groups, Fourier time features of σ.
+    "pipeline-ncsnpp-skip": dict(
+        layout="pipeline", dtype="float16", batch=2, timesteps=[0.02, 9.0], class_labels=None,
+        config=dict(
+            sample_size=16, in_channels=3, out_channels=3, block_out_channels=[32, 32, 32],
+            down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"],
+            up_block_types=["SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"],
+            layers_per_block=1, attention_head_dim=8, norm_num_groups=None, norm_eps=1e-6,
+            time_embedding_type="fourier", mid_block_scale_factor=math.sqrt(2))),
 }
 
 LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
