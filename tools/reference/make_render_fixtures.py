@@ -132,9 +132,9 @@ def sample_learned(unet, config, steps, x, labels, scale, seeds):
     return x
 
 
-def tiny_unet(generator, directory, scheduler, out_channels=1, pipeline=DDPMPipeline, **options):
+def tiny_unet(generator, directory, scheduler, out_channels=1, pipeline=DDPMPipeline, dtype=torch.float32, **options):
     """A random-weight U-Net (class-conditional unless `options` say otherwise)
-    saved in `pipeline` with `scheduler`, reloaded as saved."""
+    saved in `pipeline` with `scheduler` (weights in `dtype`), reloaded as saved."""
     unet = UNet2DModel(**{
         "sample_size": 8, "in_channels": 1, "out_channels": out_channels, "block_out_channels": [16, 32],
         "layers_per_block": 1, "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
@@ -143,17 +143,18 @@ def tiny_unet(generator, directory, scheduler, out_channels=1, pipeline=DDPMPipe
     perturb(unet, generator)
     if directory.exists():
         shutil.rmtree(directory)
-    pipeline(unet=unet, scheduler=scheduler).save_pretrained(directory)
-    return UNet2DModel.from_pretrained(directory, subfolder="unet").eval()
+    pipeline(unet=unet.to(dtype), scheduler=scheduler).save_pretrained(directory)
+    return UNet2DModel.from_pretrained(directory, subfolder="unet", torch_dtype=torch.float32).eval()
 
 
-def write_case(summary, generator, unet, run, job, title):
-    """Case render-N: x_T, diffusers' float64 result of `run(unet, x, seeds)` and its
-    float32 deviation, and the job file that renders it (`job` plus the common keys)."""
+def write_case(summary, generator, unet, run, job, title, shape=(1, 8, 8)):
+    """Case render-N: x_T of two images of `shape`, diffusers' float64 result of
+    `run(unet, x, seeds)` and its float32 deviation, and the job file that renders
+    it (`job` plus the common keys)."""
     index = len(summary)
     name = f"render-{index}"
     seeds = [100 + 10 * index, 101 + 10 * index]
-    x = torch.randn(2, 1, 8, 8, generator=generator)
+    x = torch.randn(2, *shape, generator=generator)
     np.save(OUT / f"{name}-noise.npy", x.numpy())
     out32 = run(unet, x.clone(), seeds)
     out64 = run(copy.deepcopy(unet).double(), x.double(), seeds)
@@ -219,13 +220,19 @@ def main():
         write_case(summary, generator, learned,
                    lambda model, x, seeds: sample_learned(model, learned_config, 10, x, [2, 7], scale, seeds), job,
                    f"ddpm learned_range cfg {scale}")
-    # Score SDE VE: a Fourier-time U-Net saved as a ScoreSdeVePipeline, whose scheduler class picks the sampler
+    # Score SDE VE: a small NCSN++ (skip blocks, FIR resampling, Fourier time features) saved as a
+    # ScoreSdeVePipeline, whose scheduler class picks the sampler
     score_config = {"sigma_max": 50.0, "sigma_min": 0.01, "snr": 0.16, "correct_steps": 1}
-    score = tiny_unet(generator, OUT / "unet-tiny-score", ScoreSdeVeScheduler(**score_config),
-                      pipeline=ScoreSdeVePipeline, num_class_embeds=None, time_embedding_type="fourier")
+    score = tiny_unet(
+        generator, OUT / "unet-tiny-score", ScoreSdeVeScheduler(**score_config), pipeline=ScoreSdeVePipeline,
+        dtype=torch.float16, out_channels=3, in_channels=3, sample_size=16, block_out_channels=[32, 32, 32],
+        down_block_types=["SkipDownBlock2D", "AttnSkipDownBlock2D", "SkipDownBlock2D"],
+        up_block_types=["SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"], norm_num_groups=None, norm_eps=1e-6,
+        num_class_embeds=None, time_embedding_type="fourier", mid_block_scale_factor=2 ** 0.5)
     write_case(summary, generator, score,
                lambda model, x, seeds: sample_score_sde_ve(model, score_config, 8, x, seeds),
-               {"model": "unet-tiny-score", "steps": 8}, "score_sde_ve (from the scheduler class)")
+               {"model": "unet-tiny-score", "steps": 8}, "score_sde_ve on NCSN++ (from the scheduler class)",
+               shape=(3, 16, 16))
     (OUT / "render-cases.json").write_text(json.dumps(
         {"made_with": f"diffusers {diffusers.__version__}, torch {torch.__version__}", "cases": summary}, indent=1) + "\n")
 
