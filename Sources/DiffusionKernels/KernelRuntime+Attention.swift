@@ -4,14 +4,15 @@ import COpenBLAS
 /// as UNet2DModel builds it: group norm, q/k/v projections, softmax(q·kᵀ/√d)·v per
 /// head, output projection, then `(out + input) / rescaleOutputFactor`.
 public struct AttentionLayer: Sendable {
-    public let norm: GroupNormLayer
+    /// The group norm before q, k and v (none in diffusers' attention built without groups).
+    public let norm: GroupNormLayer?
     /// The q, k and v projections stacked into one `[3c, c, 1, 1]` convolution.
     public let queryKeyValue: Conv2DLayer
     public let output: Conv2DLayer
     public let heads: Int
     public let rescaleOutputFactor: Float
 
-    public init(norm: GroupNormLayer, queryKeyValue: Conv2DLayer, output: Conv2DLayer, heads: Int,
+    public init(norm: GroupNormLayer?, queryKeyValue: Conv2DLayer, output: Conv2DLayer, heads: Int,
                 rescaleOutputFactor: Float) {
         precondition(queryKeyValue.outChannels == 3 * output.inChannels, "q/k/v must project to 3x the channels")
         precondition(output.inChannels % heads == 0, "\(output.inChannels) channels do not split into \(heads) heads")
@@ -36,7 +37,7 @@ extension KernelRuntime {
         let channels = layer.channels
         let pixels = input.shape[2] * input.shape[3]
         let headSize = channels / layer.heads
-        let normalized = groupNorm(input, layer.norm)
+        let normalized = layer.norm.map { groupNorm(input, $0) } ?? input
         let qkv = conv2d(normalized, layer.queryKeyValue)
         let mixed = Tensor(uninitialized: input.shape)
         let queryBlock = min(pixels, 64)

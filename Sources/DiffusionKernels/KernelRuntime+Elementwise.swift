@@ -6,6 +6,23 @@ extension KernelRuntime {
         return output
     }
 
+    /// FiLM of `x` `[n, c, ...]` by `parameters` `[n, 2c]` (the scales, then the
+    /// shifts, as torch.chunk splits them): x·(1 + scale) + shift per image and channel.
+    public func scaleShift(_ x: Tensor, by parameters: Tensor) -> Tensor {
+        let (batch, channels) = (x.shape[0], x.shape[1])
+        precondition(parameters.shape == [batch, 2 * channels], "scale and shift \(parameters.shape) for \(x.shape)")
+        let plane = x.sliceCount / channels
+        let output = Tensor(uninitialized: x.shape)
+        for n in 0..<batch {
+            for c in 0..<channels {
+                let scale = 1 + parameters.data[n * 2 * channels + c], shift = parameters.data[n * 2 * channels + channels + c]
+                let offset = (n * channels + c) * plane
+                for i in 0..<plane { output.data[offset + i] = x.data[offset + i] * scale + shift }
+            }
+        }
+        return output
+    }
+
     /// `a·x + b` elementwise (diffusers' `center_input_sample` is `2x - 1`).
     public func affine(_ input: Tensor, scale: Float, shift: Float) -> Tensor {
         let output = Tensor(uninitialized: input.shape)

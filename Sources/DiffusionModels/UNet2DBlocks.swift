@@ -1,13 +1,15 @@
 import DiffusionKernels
 
 /// diffusers' `ResnetBlock2D` with `time_embedding_norm = "default"`:
-/// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`,
-/// and NCSN++'s form that resamples x and silu(norm1(x)) by FIR before conv1.
+/// `(shortcut(x) + conv2(silu(norm2(conv1(silu(norm1(x))) + proj(silu(temb)))))) / scale`;
+/// with "scale_shift", (s, b) = proj(silu(temb)) and norm2(·)·(1 + s) + b in place of
+/// the sum; and NCSN++'s form that resamples x and silu(norm1(x)) by FIR before conv1.
 struct ResnetBlock: Sendable {
     let norm1: GroupNormLayer
     let resample: KernelRuntime.FIRResample?
     let conv1: Conv2DLayer
     let timeProjection: LinearLayer
+    let scaleShift: Bool
     let norm2: GroupNormLayer
     let conv2: Conv2DLayer
     let shortcut: Conv2DLayer?
@@ -24,7 +26,8 @@ struct ResnetBlock: Sendable {
         norm1 = try w.groupNorm("\(prefix).norm1", channels: inChannels, groups: groups, epsilon: eps)
         self.resample = resample
         conv1 = try w.conv("\(prefix).conv1", in: inChannels, out: out, kernel: 3, padding: .uniform(1))
-        timeProjection = try w.linear("\(prefix).time_emb_proj", in: config.timeEmbedDim, out: out)
+        scaleShift = config.timeScaleShift
+        timeProjection = try w.linear("\(prefix).time_emb_proj", in: config.timeEmbedDim, out: scaleShift ? 2 * out : out)
         norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groupsOut ?? groups, epsilon: eps)
         conv2 = try w.conv("\(prefix).conv2", in: out, out: out, kernel: 3, padding: .uniform(1))
         shortcut = inChannels == out && !forcedShortcut
@@ -41,8 +44,12 @@ struct ResnetBlock: Sendable {
             x = k.firResample(x, resample)
             h = k.firResample(h, resample)
         }
-        h = k.conv2d(h, conv1, epilogue: ConvEpilogue(channelBias: timeBias))
-        h = k.groupNorm(h, norm2, silu: true)
+        if scaleShift {
+            h = k.silu(k.scaleShift(k.groupNorm(k.conv2d(h, conv1), norm2), by: timeBias))
+        } else {
+            h = k.conv2d(h, conv1, epilogue: ConvEpilogue(channelBias: timeBias))
+            h = k.groupNorm(h, norm2, silu: true)
+        }
         let skip = shortcut.map { k.conv2d(x, $0) } ?? x
         return k.conv2d(h, conv2, epilogue: ConvEpilogue(residual: skip, outputScale: outputScale))
     }

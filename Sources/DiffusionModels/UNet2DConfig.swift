@@ -38,6 +38,9 @@ public struct UNet2DConfig: Sendable, Equatable {
     public var downsamplePadding = 1
     public var attentionHeadDim: Int? = 8
     public var normNumGroups = 32
+    /// `resnet_time_scale_shift: "scale_shift"`: the time embedding scales and
+    /// shifts each resnet's second norm (FiLM) instead of adding to its first conv.
+    public var timeScaleShift = false
     /// `norm_num_groups: null` (NCSN++): each norm takes min(channels/4, 32) groups.
     public var normGroupsFromChannels = false
     public var attnNormNumGroups: Int?
@@ -111,7 +114,7 @@ public struct UNet2DConfig: Sendable, Equatable {
         normNumGroups = try reader.int("norm_num_groups") ?? normNumGroups
         attnNormNumGroups = try reader.int("attn_norm_num_groups")
         normEps = try reader.float("norm_eps") ?? normEps
-        try reader.require("resnet_time_scale_shift", oneOf: ["default"])
+        timeScaleShift = try reader.require("resnet_time_scale_shift", oneOf: ["default", "scale_shift"]) == "scale_shift"
         addAttention = try reader.bool("add_attention") ?? addAttention
         if let classEmbedType = reader.value("class_embed_type"), !(classEmbedType is NSNull) {
             throw reader.unsupported("class_embed_type", classEmbedType)

@@ -39,7 +39,7 @@ public final class UNet2DModel: Sendable {
         classEmbedding = try config.numClassEmbeds.map {
             try w.tensor("class_embedding.weight", shape: [$0, timeDim])
         }
-        func attention(_ prefix: String, _ channels: Int, groups: Int, rescale: Float = 1) throws -> AttentionLayer {
+        func attention(_ prefix: String, _ channels: Int, groups: Int?, rescale: Float = 1) throws -> AttentionLayer {
             try w.attention(prefix, channels: channels, headDim: config.attentionHeadDim ?? channels, groups: groups,
                             epsilon: eps, rescaleOutputFactor: rescale)
         }
@@ -78,7 +78,9 @@ public final class UNet2DModel: Sendable {
                 first: try ResnetBlock(&w, "mid_block.resnets.0", in: c, out: c, config: config, outputScale: scale,
                                        groups: resnetGroups),
                 attention: config.addAttention
-                    ? try attention("mid_block.attentions.0", c, groups: config.attnNormNumGroups ?? resnetGroups, rescale: scale)
+                    // diffusers' mid block gives its attention the resnets' groups under "default" only
+                    ? try attention("mid_block.attentions.0", c, groups: config.attnNormNumGroups ?? (config.timeScaleShift ? nil : resnetGroups),
+                                    rescale: scale)
                     : nil,
                 second: try ResnetBlock(&w, "mid_block.resnets.1", in: c, out: c, config: config, outputScale: scale,
                                         groups: resnetGroups))

@@ -51,7 +51,8 @@ struct WeightReader {
 
     /// An attention block under either naming: `to_q/to_k/to_v/to_out.0`, or the
     /// legacy `query/key/value/proj_attn` of checkpoints such as google/ddpm-cifar10-32.
-    mutating func attention(_ prefix: String, channels: Int, headDim: Int, groups: Int, epsilon: Float,
+    /// `groups` nil: no group norm (diffusers' mid-block attention under "scale_shift").
+    mutating func attention(_ prefix: String, channels: Int, headDim: Int, groups: Int?, epsilon: Float,
                             rescaleOutputFactor: Float) throws -> AttentionLayer
     {
         func names(_ current: String, _ legacy: String, _ part: String) -> [String] {
@@ -66,7 +67,7 @@ struct WeightReader {
         let outWeight = try tensor(anyOf: names("to_out.0", "proj_attn", "weight"), shape: [channels, channels])
         let outBias = try tensor(anyOf: names("to_out.0", "proj_attn", "bias"), shape: [channels])
         return AttentionLayer(
-            norm: try groupNorm("\(prefix).group_norm", channels: channels, groups: groups, epsilon: epsilon),
+            norm: try groups.map { try groupNorm("\(prefix).group_norm", channels: channels, groups: $0, epsilon: epsilon) },
             queryKeyValue: Conv2DLayer(weight: Tensor.stacking(weights).reshaped([3 * channels, channels, 1, 1]),
                                        bias: Tensor.stacking(biases), padding: .uniform(0)),
             output: Conv2DLayer(weight: outWeight.reshaped([channels, channels, 1, 1]), bias: outBias,

@@ -27,7 +27,7 @@ import Testing
 
     @Test(arguments: [
         ("act_fn", #""gelu""#, #"act_fn = "gelu" is not supported"#),
-        ("resnet_time_scale_shift", #""scale_shift""#, #"resnet_time_scale_shift = "scale_shift" is not supported"#),
+        ("resnet_time_scale_shift", #""spatial""#, #"resnet_time_scale_shift = "spatial" is not supported"#),
         ("time_embedding_type", #""learned""#, #"time_embedding_type = "learned" is not supported"#),
         ("down_block_types", #"["DownBlock2D", "CrossAttnDownBlock2D"]"#, #"down_block_types = "CrossAttnDownBlock2D""#),
         ("class_embed_type", #""timestep""#, #"class_embed_type = "timestep" is not supported"#),

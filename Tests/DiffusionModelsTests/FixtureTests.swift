@@ -16,7 +16,7 @@ import Testing
     static let names = ((try? FileManager.default.contentsOfDirectory(atPath: fixtures)) ?? []).sorted()
 
     @Test func fixturesArePresent() {
-        #expect(Self.names.count == 6, "fixtures in \(Self.fixtures): \(Self.names)")
+        #expect(Self.names.count == 7, "fixtures in \(Self.fixtures): \(Self.names)")
     }
 
     @Test(arguments: names)

@@ -83,6 +83,13 @@ CASES = {
             up_block_types=["SkipUpBlock2D", "AttnSkipUpBlock2D", "SkipUpBlock2D"],
             layers_per_block=1, attention_head_dim=8, norm_num_groups=None, norm_eps=1e-6,
             time_embedding_type="fourier", mid_block_scale_factor=math.sqrt(2))),
+    # FiLM time conditioning: the time embedding scales and shifts each resnet's second norm.
+    "flat-scale-shift": dict(
+        layout="flat", dtype="float32", batch=2, timesteps=[30, 870], class_labels=None,
+        config=dict(
+            sample_size=8, in_channels=1, out_channels=1, block_out_channels=[16, 32],
+            down_block_types=["DownBlock2D", "AttnDownBlock2D"], up_block_types=["AttnUpBlock2D", "UpBlock2D"],
+            layers_per_block=1, attention_head_dim=8, norm_num_groups=8, resnet_time_scale_shift="scale_shift")),
 }
 
 LEGACY = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
