@@ -75,21 +75,30 @@ def perturb(model, generator):
             p.add_(torch.randn(p.shape, generator=generator) * 0.5 * scale)
 
 
+def guided_output(unet, x, t, labels, scale):
+    """The model output the scheduler steps with: with CFG the null-label pass
+    (label 10) guides it; a model that predicts its variance (2× the sample's
+    channels) has its ε halves guided and keeps the conditional pass's variance,
+    as diffusers' pipelines of such models (IF, DiT) do."""
+    labels = torch.tensor(labels)
+    output = unet(x, t, class_labels=labels).sample
+    if scale is None:
+        return output
+    unconditional = unet(x, t, class_labels=torch.full_like(labels, 10)).sample
+    c = x.shape[1]
+    guided = unconditional[:, :c] + scale * (output[:, :c] - unconditional[:, :c])
+    return torch.cat([guided, output[:, c:]], dim=1)
+
+
 def sample(unet, sampler, config, steps, x, labels, scale, seeds):
     kind = DDIMScheduler if sampler == "ddim" else DDPMScheduler
     scheduler = kind(**config)
     scheduler.set_timesteps(steps)
     if sampler == "ddpm":
         use_host_noise(seeds, ddpm_module)
-    labels = torch.tensor(labels)
-    null = torch.full_like(labels, 10)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            output = unet(x, t, class_labels=labels).sample
-            if scale is not None:
-                unconditional = unet(x, t, class_labels=null).sample
-                output = unconditional + scale * (output - unconditional)
-            x = scheduler.step(output, t, x).prev_sample
+            x = scheduler.step(guided_output(unet, x, t, labels, scale), t, x).prev_sample
     return x
 
 
@@ -98,37 +107,11 @@ def sample_pipeline(unet, kind, base, options, steps, unit, labels, scale, seeds
     scheduler = kind.from_config(base, **options)
     scheduler.set_timesteps(steps)
     use_host_noise(seeds, dpm_module, euler_ancestral_module)
-    labels = torch.tensor(labels)
-    null = torch.full_like(labels, 10)
     x = unit * float(scheduler.init_noise_sigma)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            model_input = scheduler.scale_model_input(x, t)
-            output = unet(model_input, t, class_labels=labels).sample
-            if scale is not None:
-                unconditional = unet(model_input, t, class_labels=null).sample
-                output = unconditional + scale * (output - unconditional)
+            output = guided_output(unet, scheduler.scale_model_input(x, t), t, labels, scale)
             x = scheduler.step(output, t, x).prev_sample.to(unit.dtype)
-    return x
-
-
-def sample_learned(unet, config, steps, x, labels, scale, seeds):
-    """DDPMScheduler with a learned variance; guidance combines the ε halves and keeps the
-    conditional pass's variance, as diffusers' pipelines of such models (IF, DiT) do."""
-    scheduler = DDPMScheduler(**config)
-    scheduler.set_timesteps(steps)
-    use_host_noise(seeds, ddpm_module)
-    labels = torch.tensor(labels)
-    null = torch.full_like(labels, 10)
-    with torch.no_grad():
-        for t in scheduler.timesteps:
-            output = unet(x, t, class_labels=labels).sample
-            if scale is not None:
-                unconditional = unet(x, t, class_labels=null).sample
-                epsilon, variance = output.split(1, dim=1)
-                guided = unconditional[:, :1] + scale * (epsilon - unconditional[:, :1])
-                output = torch.cat([guided, variance], dim=1)
-            x = scheduler.step(output, t, x).prev_sample
     return x
 
 
@@ -218,7 +201,7 @@ def main():
     for scale in [None, 2.0]:
         job = guided({"model": "unet-tiny-learned", "sampler": "ddpm", "steps": 10, "class": [2, 7]}, scale)
         write_case(summary, generator, learned,
-                   lambda model, x, seeds: sample_learned(model, learned_config, 10, x, [2, 7], scale, seeds), job,
+                   lambda model, x, seeds: sample(model, "ddpm", learned_config, 10, x, [2, 7], scale, seeds), job,
                    f"ddpm learned_range cfg {scale}")
     # Score SDE VE: a small NCSN++ (skip blocks, FIR resampling, Fourier time features) saved as a
     # ScoreSdeVePipeline, whose scheduler class picks the sampler
