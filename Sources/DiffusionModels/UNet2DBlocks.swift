@@ -55,6 +55,20 @@ struct ResnetBlock: Sendable {
     }
 }
 
+/// The resnets of a down level, each followed by its attention when there are
+/// attentions: the level's output and every resnet's output, for the up path.
+func downResnets(_ x: Tensor, _ resnets: [ResnetBlock], _ attentions: [AttentionLayer], activatedTime: Tensor,
+                 on k: KernelRuntime) -> (Tensor, [Tensor]) {
+    var h = x
+    var skips: [Tensor] = []
+    for (i, resnet) in resnets.enumerated() {
+        h = resnet(h, activatedTime: activatedTime, on: k)
+        if !attentions.isEmpty { h = k.attention(h, attentions[i]) }
+        skips.append(h)
+    }
+    return (h, skips)
+}
+
 /// `DownBlock2D` / `AttnDownBlock2D`: resnets (each followed by attention in the
 /// attention variant), then an optional stride-2 convolution.
 struct DownBlock: Sendable {
@@ -64,13 +78,7 @@ struct DownBlock: Sendable {
 
     /// Returns the block's output and the skip tensors it hands to the up path.
     func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> (Tensor, [Tensor]) {
-        var h = x
-        var skips: [Tensor] = []
-        for (i, resnet) in resnets.enumerated() {
-            h = resnet(h, activatedTime: activatedTime, on: k)
-            if !attentions.isEmpty { h = k.attention(h, attentions[i]) }
-            skips.append(h)
-        }
+        var (h, skips) = downResnets(x, resnets, attentions, activatedTime: activatedTime, on: k)
         if let downsample {
             h = k.conv2d(h, downsample)
             skips.append(h)

@@ -54,13 +54,7 @@ struct SkipDownBlock: Sendable {
 
     /// Returns the block's output, the skip tensors it hands to the up path, and the image at its output's size.
     func callAsFunction(_ x: Tensor, image: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> (Tensor, [Tensor], Tensor) {
-        var h = x
-        var skips: [Tensor] = []
-        for (i, resnet) in resnets.enumerated() {
-            h = resnet(h, activatedTime: activatedTime, on: k)
-            if !attentions.isEmpty { h = k.attention(h, attentions[i]) }
-            skips.append(h)
-        }
+        var (h, skips) = downResnets(x, resnets, attentions, activatedTime: activatedTime, on: k)
         var image = image
         if let downResnet, let skipConv {
             h = downResnet(h, activatedTime: activatedTime, on: k)

@@ -50,15 +50,15 @@ public final class Render: @unchecked Sendable {
         generators = plan.seeds.map { ImageGenerator(seed: $0) }
         // x_T = init_noise_sigma · N(0, I), the unit noise from the job or each image's own stream.
         if let initNoise = plan.initNoise {
-            sample = initNoise.scaled(by: Float(plan.sampler.initNoiseSigma))
+            sample = initNoise
         } else {
             let imageValues = model.description.sampleShape.reduce(1, *)
             sample = Tensor(uninitialized: [plan.job.count] + model.description.sampleShape)
             for (image, generator) in generators.enumerated() {
                 generator.generator.fillNormal(sample.data + image * imageValues, count: imageValues)
             }
-            if plan.sampler.initNoiseSigma != 1 { sample = sample.scaled(by: Float(plan.sampler.initNoiseSigma)) }
         }
+        if plan.sampler.initNoiseSigma != 1 { sample = sample.scaled(by: Float(plan.sampler.initNoiseSigma)) }
     }
 
     /// Plans `job` for `model` and executes the plan: `diffusiond render`, tests, benchmarks.
