@@ -26,45 +26,85 @@ public struct AttentionLayer: Sendable {
     public var channels: Int { output.inChannels }
 }
 
+/// Channels `offset ..< offset + channels` of a channel-major `[batch, C, tokens...]`
+/// tensor: where one of q, k or v sits in the output of a stacked projection.
+public struct TokenRows {
+    public let tensor: Tensor
+    public let offset: Int
+    public let channels: Int
+
+    public init(_ tensor: Tensor, offset: Int = 0, channels: Int? = nil) {
+        self.tensor = tensor
+        self.offset = offset
+        self.channels = channels ?? tensor.shape[1] - offset
+    }
+
+    var tokens: Int { tensor.sliceCount / tensor.shape[1] }
+
+    func rows(image: Int) -> UnsafeMutablePointer<Float> {
+        tensor.data + image * tensor.sliceCount + offset * tokens
+    }
+}
+
 extension KernelRuntime {
     /// Self-attention with a residual connection on `input` `[batch, c, h, w]`.
-    ///
-    /// Feature maps stay channel-major (`[c, pixels]`), so q, k and v are rows of one
-    /// 1x1 convolution and both products are single sgemm calls with a transpose flag.
-    /// A task is (image, head, block of 64 queries).
     public func attention(_ input: Tensor, _ layer: AttentionLayer) -> Tensor {
-        let batch = input.shape[0]
         let channels = layer.channels
-        let pixels = input.shape[2] * input.shape[3]
-        let headSize = channels / layer.heads
         let normalized = layer.norm.map { groupNorm(input, $0) } ?? input
         let qkv = conv2d(normalized, layer.queryKeyValue)
-        let mixed = Tensor(uninitialized: input.shape)
-        let queryBlock = min(pixels, 64)
-        let queryBlocks = (pixels + queryBlock - 1) / queryBlock
-        let scale = 1 / Float(headSize).squareRoot()
-        countProduct(2 * batch * pixels, pixels, channels)
-        pool.parallelFor(batch * layer.heads * queryBlocks) { task, worker in
-            let image = task / (layer.heads * queryBlocks)
-            let head = (task / queryBlocks) % layer.heads
-            let first = (task % queryBlocks) * queryBlock
-            let queries = min(queryBlock, pixels - first)
-            let headOffset = head * headSize * pixels
-            let q = qkv.data + image * qkv.sliceCount + headOffset
-            let k = q + channels * pixels
-            let v = k + channels * pixels
-            let scores = scratch(worker: worker, count: queries * pixels)
-            // scores[i, j] = q_iᵀ k_j / √d, for this block's queries i.
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(queries), Int32(pixels), Int32(headSize),
-                        scale, q + first, Int32(pixels), k, Int32(pixels), 0, scores, Int32(pixels))
-            for i in 0..<queries { softmaxInPlace(scores + i * pixels, count: pixels) }
-            // out[:, i] = Σ_j v_j · p[i, j]
-            let out = mixed.data + image * mixed.sliceCount + headOffset + first
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(headSize), Int32(queries), Int32(pixels),
-                        1, v, Int32(pixels), scores, Int32(pixels), 0, out, Int32(pixels))
-        }
+        let mixed = multiHeadAttention(
+            query: TokenRows(qkv, channels: channels), key: TokenRows(qkv, offset: channels, channels: channels),
+            value: TokenRows(qkv, offset: 2 * channels, channels: channels), heads: layer.heads, outputShape: input.shape)
         return conv2d(mixed, layer.output,
                       epilogue: ConvEpilogue(residual: input, outputScale: layer.rescaleOutputFactor))
+    }
+
+    /// softmax(qᵀk/√d)·v for each head of channel-major q `[c, Tq]` and k, v `[c, Tk]`
+    /// of every image: the output `[batch, c, Tq]` (in `outputShape`, which must hold
+    /// that many values). With `causal`, query i sees keys 0...i only (CLIP's text model).
+    ///
+    /// Feature maps stay channel-major, so both products are single sgemm calls
+    /// with a transpose flag. A task is (image, head, block of 64 queries): the
+    /// scores never exceed 64 × Tk per thread, whatever the image size.
+    public func multiHeadAttention(query: TokenRows, key: TokenRows, value: TokenRows, heads: Int, causal: Bool = false,
+                                   outputShape: [Int]? = nil) -> Tensor {
+        let batch = query.tensor.shape[0]
+        let channels = query.channels
+        precondition(key.channels == channels && value.channels == channels && key.tokens == value.tokens,
+                     "attention of q (\(channels) channels), k (\(key.channels)) and v (\(value.channels)) of different shapes")
+        precondition(channels % heads == 0, "\(channels) channels do not split into \(heads) heads")
+        let (queries, keys) = (query.tokens, key.tokens)
+        let headSize = channels / heads
+        let mixed = Tensor(uninitialized: outputShape ?? [batch, channels, queries, 1])
+        precondition(mixed.count == batch * channels * queries, "attention output \(mixed.shape) for \(batch)x\(channels)x\(queries)")
+        let queryBlock = min(queries, 64)
+        let queryBlocks = (queries + queryBlock - 1) / queryBlock
+        let scale = 1 / Float(headSize).squareRoot()
+        countProduct(2 * batch * queries, keys, channels)
+        pool.parallelFor(batch * heads * queryBlocks) { task, worker in
+            let image = task / (heads * queryBlocks)
+            let head = (task / queryBlocks) % heads
+            let first = (task % queryBlocks) * queryBlock
+            let count = min(queryBlock, queries - first)
+            let q = query.rows(image: image) + head * headSize * queries
+            let k = key.rows(image: image) + head * headSize * keys
+            let v = value.rows(image: image) + head * headSize * keys
+            let scores = scratch(worker: worker, count: count * keys)
+            // scores[i, j] = q_iᵀ k_j / √d, for this block's queries i.
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(count), Int32(keys), Int32(headSize),
+                        scale, q + first, Int32(queries), k, Int32(keys), 0, scores, Int32(keys))
+            for i in 0..<count {
+                // a causal query i sees keys 0...i: the rest weigh nothing
+                let seen = causal ? min(first + i + 1, keys) : keys
+                softmaxInPlace(scores + i * keys, count: seen)
+                if seen < keys { (scores + i * keys + seen).initialize(repeating: 0, count: keys - seen) }
+            }
+            // out[:, i] = Σ_j v_j · p[i, j]
+            let out = mixed.data + image * channels * queries + head * headSize * queries + first
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(headSize), Int32(count), Int32(keys),
+                        1, v, Int32(keys), scores, Int32(keys), 0, out, Int32(queries))
+        }
+        return mixed
     }
 }
 

@@ -6,6 +6,38 @@ extension KernelRuntime {
         return output
     }
 
+    /// The activations of transformer feed-forward layers, elementwise: `gelu`
+    /// is PyTorch's exact x·Φ(x), `quickGelu` CLIP's x·σ(1.702x).
+    public enum Activation: String, Sendable { case gelu, quickGelu = "quick_gelu" }
+
+    public func activate(_ input: Tensor, _ activation: Activation) -> Tensor {
+        let output = Tensor(uninitialized: input.shape)
+        switch activation {
+        case .gelu: VectorMath.map(input.data, output.data, count: input.count) { VectorMath.gelu($0) }
+        case .quickGelu: VectorMath.map(input.data, output.data, count: input.count) { $0 / (1 + VectorMath.exp(-1.702 * $0)) }
+        }
+        return output
+    }
+
+    /// GEGLU of a channel-major projection `[n, 2c, ...]`: its first c channels
+    /// times gelu of its last c (diffusers' `hidden, gate = proj(x).chunk(2)`).
+    public func geglu(_ projected: Tensor) -> Tensor {
+        let channels = projected.shape[1] / 2
+        var shape = projected.shape
+        shape[1] = channels
+        let output = Tensor(uninitialized: shape)
+        let half = output.sliceCount
+        pool.parallelFor(projected.shape[0] * channels) { task, _ in
+            let plane = half / channels
+            let (image, channel) = (task / channels, task % channels)
+            let hidden = projected.data + image * 2 * half + channel * plane
+            let gate = hidden + half
+            let out = output.data + image * half + channel * plane
+            for i in 0..<plane { out[i] = hidden[i] * VectorMath.gelu(gate[i]) }
+        }
+        return output
+    }
+
     /// FiLM of `x` `[n, c, ...]` by `parameters` `[n, 2c]` (the scales, then the
     /// shifts, as torch.chunk splits them): x·(1 + scale) + shift per image and channel.
     public func scaleShift(_ x: Tensor, by parameters: Tensor) -> Tensor {

@@ -74,3 +74,19 @@ public struct GroupNormLayer: Sendable {
 
     public var channels: Int { weight.shape[0] }
 }
+
+/// Layer normalization's affine parameters, each `[channels]`.
+public struct LayerNormLayer: Sendable {
+    public let epsilon: Float
+    public let weight: Tensor
+    public let bias: Tensor
+
+    public init(epsilon: Float, weight: Tensor, bias: Tensor) {
+        precondition(weight.shape.count == 1 && weight.shape == bias.shape, "layer norm weight and bias must be [channels]")
+        self.epsilon = epsilon
+        self.weight = weight
+        self.bias = bias
+    }
+
+    public var channels: Int { weight.shape[0] }
+}

@@ -27,6 +27,22 @@ enum VectorMath {
     @inline(__always)
     static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
 
+    /// The exact GELU, x·Φ(x) = x/2·(1 + erf(x/√2)), with Abramowitz and Stegun's
+    /// erf 7.1.26 (absolute error under 1.5e-7) so that it vectorizes.
+    @inline(__always)
+    static func gelu(_ x: Float) -> Float {
+        let z = abs(x) * 0.707_106_78
+        let t = 1 / (1 as Float).addingProduct(0.327_591_1, z)
+        var p: Float = 1.061_405_429
+        p = (-1.453_152_027 as Float).addingProduct(p, t)
+        p = (1.421_413_741 as Float).addingProduct(p, t)
+        p = (-0.284_496_736 as Float).addingProduct(p, t)
+        p = (0.254_829_592 as Float).addingProduct(p, t)
+        let erfAbs = 1 - p * t * exp(-z * z)
+        let erf = x < 0 ? -erfAbs : erfAbs
+        return 0.5 * x * (1 + erf)
+    }
+
     /// Applies `transform` to `count` floats from `source` into `destination` (which may alias it).
     @inline(__always)
     static func map(
