@@ -92,6 +92,18 @@ public final class Tensor: @unchecked Sendable {
         return result
     }
 
+    /// `[n, a, b, ...]` as `[n, b, a]` (the trailing axes taken as one): token-major
+    /// sequences `[n, tokens, features]` to the channel-major maps the ops take, and back.
+    public func swappingLastAxes(_ first: Int) -> Tensor {
+        let (batch, second) = (shape[0], sliceCount / first)
+        let result = Tensor(uninitialized: [batch, second, first])
+        for n in 0..<batch {
+            let (source, destination) = (data + n * sliceCount, result.data + n * sliceCount)
+            for i in 0..<first { for j in 0..<second { destination[j * first + i] = source[i * second + j] } }
+        }
+        return result
+    }
+
     /// A copy with every value multiplied by `factor`.
     public func scaled(by factor: Float) -> Tensor {
         let result = Tensor(uninitialized: shape)

@@ -24,6 +24,12 @@ struct WeightReader {
         try tensor(names.first { source.contains($0) } ?? names[0], shape: shape)
     }
 
+    /// Marks `name` used when present: a buffer checkpoints may carry that the
+    /// model recomputes (CLIP's `position_ids`).
+    mutating func ignore(_ name: String) {
+        if source.contains(name) { used.insert(name) }
+    }
+
     func rejectUnused() throws {
         let unused = source.unused(after: used)
         if let first = unused.first {
@@ -42,6 +48,27 @@ struct WeightReader {
     mutating func linear(_ prefix: String, in inFeatures: Int, out: Int) throws -> LinearLayer {
         LinearLayer(weight: try tensor("\(prefix).weight", shape: [out, inFeatures]),
                     bias: try tensor("\(prefix).bias", shape: [out]))
+    }
+
+    /// A linear layer `[out, in]` as the 1x1 convolution it is on channel-major tokens.
+    mutating func pointwise(_ prefix: String, in inFeatures: Int, out: Int, bias: Bool = true) throws -> Conv2DLayer {
+        try stackedPointwise([prefix], in: inFeatures, out: out, bias: bias)
+    }
+
+    /// Linear layers of one input stacked into one 1x1 convolution (q, k and v:
+    /// one product instead of three), each `[out, in]` under `prefix.weight`.
+    mutating func stackedPointwise(_ prefixes: [String], in inFeatures: Int, out: Int, bias: Bool = true) throws
+        -> Conv2DLayer
+    {
+        let weights = try prefixes.map { try tensor("\($0).weight", shape: [out, inFeatures]) }
+        let biases = bias ? try prefixes.map { try tensor("\($0).bias", shape: [out]) } : nil
+        return Conv2DLayer(weight: Tensor.stacking(weights).reshaped([prefixes.count * out, inFeatures, 1, 1]),
+                           bias: biases.map(Tensor.stacking), padding: .uniform(0))
+    }
+
+    mutating func layerNorm(_ prefix: String, channels: Int, epsilon: Float) throws -> LayerNormLayer {
+        LayerNormLayer(epsilon: epsilon, weight: try tensor("\(prefix).weight", shape: [channels]),
+                       bias: try tensor("\(prefix).bias", shape: [channels]))
     }
 
     mutating func groupNorm(_ prefix: String, channels: Int, groups: Int, epsilon: Float) throws -> GroupNormLayer {
