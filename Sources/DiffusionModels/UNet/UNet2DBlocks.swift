@@ -8,7 +8,7 @@ struct ResnetBlock: Sendable {
     let norm1: GroupNormLayer
     let resample: KernelRuntime.FIRResample?
     let conv1: Conv2DLayer
-    let timeProjection: LinearLayer
+    let timeProjection: LinearLayer?
     let scaleShift: Bool
     let norm2: GroupNormLayer
     let conv2: Conv2DLayer
@@ -21,23 +21,35 @@ struct ResnetBlock: Sendable {
          outputScale: Float = 1, groups: Int? = nil, groupsOut: Int? = nil, resample: KernelRuntime.FIRResample? = nil,
          shortcut forcedShortcut: Bool = false) throws
     {
-        let eps = config.normEps
         let groups = groups ?? config.normNumGroups
+        try self.init(&w, prefix, in: inChannels, out: out, groups: groups, groupsOut: groupsOut ?? groups,
+                      epsilon: config.normEps, timeEmbedDim: config.timeEmbedDim, scaleShift: config.timeScaleShift,
+                      outputScale: outputScale, resample: resample, shortcut: forcedShortcut)
+    }
+
+    /// `timeEmbedDim` nil: a resnet without time conditioning (an autoencoder's).
+    init(_ w: inout WeightReader, _ prefix: String, in inChannels: Int, out: Int, groups: Int, groupsOut: Int,
+         epsilon eps: Float, timeEmbedDim: Int?, scaleShift: Bool = false, outputScale: Float = 1,
+         resample: KernelRuntime.FIRResample? = nil, shortcut forcedShortcut: Bool = false) throws
+    {
         norm1 = try w.groupNorm("\(prefix).norm1", channels: inChannels, groups: groups, epsilon: eps)
         self.resample = resample
         conv1 = try w.conv("\(prefix).conv1", in: inChannels, out: out, kernel: 3, padding: .uniform(1))
-        scaleShift = config.timeScaleShift
-        timeProjection = try w.linear("\(prefix).time_emb_proj", in: config.timeEmbedDim, out: scaleShift ? 2 * out : out)
-        norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groupsOut ?? groups, epsilon: eps)
+        self.scaleShift = scaleShift
+        timeProjection = try timeEmbedDim.map {
+            try w.linear("\(prefix).time_emb_proj", in: $0, out: scaleShift ? 2 * out : out)
+        }
+        norm2 = try w.groupNorm("\(prefix).norm2", channels: out, groups: groupsOut, epsilon: eps)
         conv2 = try w.conv("\(prefix).conv2", in: out, out: out, kernel: 3, padding: .uniform(1))
         shortcut = inChannels == out && !forcedShortcut
             ? nil : try w.conv("\(prefix).conv_shortcut", in: inChannels, out: out, kernel: 1, padding: .uniform(0))
         self.outputScale = outputScale
     }
 
-    /// `activatedTime` is `silu(temb)`, shared by every resnet of a forward pass.
-    func callAsFunction(_ input: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
-        let timeBias = k.linear(activatedTime, timeProjection)
+    /// `activatedTime` is `silu(temb)`, shared by every resnet of a forward pass
+    /// (nil for a resnet without time conditioning).
+    func callAsFunction(_ input: Tensor, activatedTime: Tensor?, on k: KernelRuntime) -> Tensor {
+        let timeBias = timeProjection.map { k.linear(activatedTime!, $0) }
         var h = k.groupNorm(input, norm1, silu: true)
         var x = input
         if let resample {
@@ -45,7 +57,7 @@ struct ResnetBlock: Sendable {
             h = k.firResample(h, resample)
         }
         if scaleShift {
-            h = k.silu(k.scaleShift(k.groupNorm(k.conv2d(h, conv1), norm2), by: timeBias))
+            h = k.silu(k.scaleShift(k.groupNorm(k.conv2d(h, conv1), norm2), by: timeBias!))
         } else {
             h = k.conv2d(h, conv1, epilogue: ConvEpilogue(channelBias: timeBias))
             h = k.groupNorm(h, norm2, silu: true)
@@ -57,7 +69,7 @@ struct ResnetBlock: Sendable {
 
 /// The resnets of a down level, each followed by its attention when there are
 /// attentions: the level's output and every resnet's output, for the up path.
-func downResnets(_ x: Tensor, _ resnets: [ResnetBlock], _ attentions: [AttentionLayer], activatedTime: Tensor,
+func downResnets(_ x: Tensor, _ resnets: [ResnetBlock], _ attentions: [AttentionLayer], activatedTime: Tensor?,
                  on k: KernelRuntime) -> (Tensor, [Tensor]) {
     var h = x
     var skips: [Tensor] = []
@@ -77,7 +89,7 @@ struct DownBlock: Sendable {
     let downsample: Conv2DLayer?
 
     /// Returns the block's output and the skip tensors it hands to the up path.
-    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> (Tensor, [Tensor]) {
+    func callAsFunction(_ x: Tensor, activatedTime: Tensor?, on k: KernelRuntime) -> (Tensor, [Tensor]) {
         var (h, skips) = downResnets(x, resnets, attentions, activatedTime: activatedTime, on: k)
         if let downsample {
             h = k.conv2d(h, downsample)
@@ -93,7 +105,7 @@ struct MidBlock: Sendable {
     let attention: AttentionLayer?
     let second: ResnetBlock
 
-    func callAsFunction(_ x: Tensor, activatedTime: Tensor, on k: KernelRuntime) -> Tensor {
+    func callAsFunction(_ x: Tensor, activatedTime: Tensor?, on k: KernelRuntime) -> Tensor {
         var h = first(x, activatedTime: activatedTime, on: k)
         if let attention { h = k.attention(h, attention) }
         return second(h, activatedTime: activatedTime, on: k)
