@@ -24,7 +24,7 @@ enum OutputDirectory {
         try? fm.removeItem(atPath: partial)
         guard mkdir(partial, 0o700) == 0 else { throw DiffusionError.system("cannot create \(partial)") }
         do {
-            try RenderOutput.write(render, samples: render.sample, to: partial)
+            try RenderOutput.write(render, to: partial)
             try giveAway(directory: partial, to: owner)
         } catch {
             // Checked before the partial files go, which frees the space again.

@@ -225,7 +225,7 @@ final class RenderWorker: @unchecked Sendable {
             guard render.endedStep else { continue }  // the middle of a step of several evaluations
             var preview: String?
             if assignment.previewEvery > 0, step % assignment.previewEvery == 0, let estimate = render.predictedOriginal {
-                preview = writePreview(estimate, range: render.model.description.sampleRange, assignment)
+                preview = writePreview(estimate, render, assignment)
             }
             report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: preview))
             if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
@@ -262,10 +262,12 @@ final class RenderWorker: @unchecked Sendable {
     }
 
     /// x̂₀ as a grid PNG, replaced atomically; nil if it could not be written.
-    private func writePreview(_ estimate: Tensor, range: ClosedRange<Float>, _ assignment: RenderAssignment) -> String? {
+    /// x̂₀ as images (a latent model's decoded) in one grid.
+    private func writePreview(_ estimate: Tensor, _ render: Render, _ assignment: RenderAssignment) -> String? {
         let temporary = assignment.previewPath + ".tmp"
         do {
-            try RenderOutput.writeGrid(estimate, columns: assignment.job.gridColumns, range: range, to: temporary)
+            try RenderOutput.writeGrid(try render.images(of: estimate), columns: assignment.job.gridColumns,
+                                       range: render.model.description.sampleRange, to: temporary)
             try OutputDirectory.giveAway(file: temporary, to: assignment.owner)
             guard rename(temporary, assignment.previewPath) == 0 else { return nil }
             return assignment.previewPath
@@ -278,13 +280,15 @@ final class RenderWorker: @unchecked Sendable {
     static func seconds(_ value: Double) -> String { String(format: "%.1f s", value) }
 }
 
-/// Loaded models by name, kept while they fit in the configured memory
-/// (the size of their weight files); the least recently used goes first.
+/// Loaded models by name, kept while they fit in the configured memory (the
+/// float32 bytes of every component's weights: U-Net, autoencoder, text
+/// encoder); the least recently used goes first.
 final class ModelCache: @unchecked Sendable {
     private let resolver: ModelResolver
     private let capacityBytes: Int
     private var entries: [String: (model: LoadedModel, bytes: Int, used: Int)] = [:]
     private var clock = 0
+    private let log = Logger(label: "diffusiond.models")
 
     init(resolver: ModelResolver, capacityBytes: Int) {
         self.resolver = resolver
@@ -301,23 +305,14 @@ final class ModelCache: @unchecked Sendable {
             return entry.model
         }
         let model = try resolver.load(name, relativeTo: nil)
-        let bytes = model.directory.map { Self.weightBytes($0.path) } ?? 0
-        entries[name] = (model, bytes, clock)
-        while bytes > capacityBytes, entries.count > 1,
+        for note in model.description.notes { log.notice("\(note)") }
+        entries[name] = (model, model.parameterBytes, clock)
+        while self.bytes > capacityBytes, entries.count > 1,
               let oldest = entries.filter({ $0.key != name }).min(by: { $0.value.used < $1.value.used })?.key
         {
             entries[oldest] = nil
         }
         return model
-    }
-
-    static func weightBytes(_ directory: String) -> Int {
-        guard let files = FileManager.default.enumerator(atPath: directory) else { return 0 }
-        var total = 0
-        for case let file as String in files where file.hasSuffix(".safetensors") {
-            total += (try? FileManager.default.attributesOfItem(atPath: "\(directory)/\(file)")[.size] as? Int) ?? 0
-        }
-        return total
     }
 }
 

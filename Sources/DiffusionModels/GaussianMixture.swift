@@ -102,8 +102,9 @@ public final class GaussianMixture: DenoisingModel, NoisyClassifier {
     }
 
     public func predict(_ sample: Tensor, timesteps: [Float], alphasCumprod: [Double], classLabels: [Int]?,
-                        on runtime: KernelRuntime) throws -> Tensor
+                        context: Tensor?, on runtime: KernelRuntime) throws -> Tensor
     {
+        guard context == nil else { throw DiffusionError("a Gaussian mixture takes no prompt") }
         let output = Tensor(uninitialized: sample.shape)
         let size = sample.sliceCount
         var score = [Double](repeating: 0, count: size)

@@ -33,7 +33,6 @@ public struct ModelDirectory: Sendable {
 
     private var unetDirectory: String { layout == .pipeline ? "\(path)/unet" : path }
     public var unetConfigPath: String { "\(unetDirectory)/config.json" }
-    public var unetWeightsPath: String { "\(unetDirectory)/diffusion_pytorch_model.safetensors" }
     public var schedulerConfigPath: String {
         layout == .pipeline ? "\(path)/scheduler/scheduler_config.json" : "\(path)/scheduler_config.json"
     }
@@ -47,7 +46,7 @@ public struct ModelDirectory: Sendable {
 
     public func loadUNet() throws -> UNet2DModel {
         let config = try loadUNetConfig()
-        return try UNet2DModel(config: config, weights: try SafeTensorsFile(path: unetWeightsPath))
+        return try UNet2DModel(config: config, weights: try WeightFiles.open(unetDirectory, "diffusion_pytorch_model"))
     }
 
     /// model_index.json as a dictionary (empty for the flat layout).
@@ -59,11 +58,23 @@ public struct ModelDirectory: Sendable {
         return object
     }
 
-    /// One pipeline class as this host renders it: the components it reads
-    /// and the classes each may be (empty: any, the scheduler's class picks a
-    /// sampler instead), and the range of its samples' pixel values.
+    /// What a component class is to the render loop.
+    enum Role: Sendable { case denoiser, autoencoder, textEncoder, tokenizer, scheduler }
+
+    /// The component classes this host reads, by their `model_index.json` class.
+    static let componentRoles: [String: Role] = [
+        "UNet2DModel": .denoiser, "UNet2DConditionModel": .denoiser,
+        "AutoencoderKL": .autoencoder, "VQModel": .autoencoder,
+        "CLIPTextModel": .textEncoder, "CLIPTokenizer": .tokenizer, "CLIPTokenizerFast": .tokenizer,
+    ]
+
+    /// One pipeline class as this host renders it: the components it reads and
+    /// the classes each may be (empty: any, the scheduler's class picks a sampler
+    /// instead), the components it skips (a safety checker: this host renders
+    /// what it is asked and says so in the log), and its samples' pixel range.
     struct Pipeline {
         let components: [String: Set<String>]
+        var skipped: Set<String> = []
         var sampleRange: ClosedRange<Float> = -1...1
     }
 
@@ -77,53 +88,117 @@ public struct ModelDirectory: Sendable {
         // Song et al.'s score models sample images in [0, 1]
         "ScoreSdeVePipeline": Pipeline(components: ["unet": ["UNet2DModel"], "scheduler": []], sampleRange: 0...1),
         "GaussianMixture": Pipeline(components: ["scheduler": []]),
+        "StableDiffusionPipeline": Pipeline(
+            components: ["unet": ["UNet2DConditionModel"], "vae": ["AutoencoderKL"], "text_encoder": ["CLIPTextModel"],
+                         "tokenizer": ["CLIPTokenizer", "CLIPTokenizerFast"], "scheduler": []],
+            skipped: ["safety_checker", "feature_extractor", "image_encoder"]),
+        "LDMPipeline": Pipeline(components: ["vqvae": ["VQModel"], "unet": ["UNet2DModel"], "scheduler": []]),
     ]
+
+    /// A pipeline's components as the directory names them: each key's class
+    /// and role, and the notes for the ones skipped.
+    struct Components {
+        let pipeline: String
+        var roles: [Role: (key: String, className: String)] = [:]
+        var notes: [String] = []
+
+        func directory(_ role: Role, in path: String) -> String? { roles[role].map { "\(path)/\($0.key)" } }
+    }
 
     /// The pipeline class and its components, checked against `pipelines`
     /// (a flat directory is a U-Net and its scheduler, as DDPMPipeline).
-    func checkedPipeline(_ index: [String: Any]) throws -> String {
-        guard layout == .pipeline else { return "DDPMPipeline" }
+    func checkedPipeline(_ index: [String: Any]) throws -> Components {
+        guard layout == .pipeline else {
+            return Components(pipeline: "DDPMPipeline", roles: [.denoiser: (".", "UNet2DModel")])
+        }
         let source = "\(path)/model_index.json"
         guard let name = index["_class_name"] as? String else { throw DiffusionError("\(source): no \"_class_name\"") }
-        guard let components = Self.pipelines[name]?.components else {
+        guard let pipeline = Self.pipelines[name] else {
             throw DiffusionError("\(source): pipeline \(name) is not supported (supported: \(Self.pipelines.keys.sorted().joined(separator: ", ")))")
         }
+        var found = Components(pipeline: name)
         // Components are the entries ["library", "Class"]; [null, null] marks one left out.
         for (key, value) in index.sorted(by: { $0.key < $1.key }) where !key.hasPrefix("_") {
             guard let entry = value as? [Any], entry.count == 2 else { continue }
             if entry.allSatisfy({ $0 is NSNull }) { continue }
             let className = entry[1] as? String ?? "?"
-            guard let allowed = components[key] else {
-                throw DiffusionError("\(source): component \(key) (\(className)) is not supported in a \(name) (this host reads \(components.keys.sorted().joined(separator: " + ")))")
+            if pipeline.skipped.contains(key) {
+                found.notes.append("\(path): \(key) (\(className)) is not run by this host; images are not filtered")
+                continue
+            }
+            guard let allowed = pipeline.components[key] else {
+                throw DiffusionError("\(source): component \(key) (\(className)) is not supported in a \(name) (this host reads \(pipeline.components.keys.sorted().joined(separator: " + ")))")
             }
             if !allowed.isEmpty && !allowed.contains(className) {
                 throw DiffusionError("\(source): component \(key) is a \(className); a \(name) here needs \(allowed.sorted().joined(separator: " or "))")
             }
+            found.roles[Self.componentRoles[className] ?? .scheduler] = (key, className)
         }
-        return name
+        if let missing = pipeline.components.keys.sorted().first(where: { key in !found.roles.values.contains { $0.key == key } }),
+           missing != "scheduler"
+        {
+            throw DiffusionError("\(source): a \(name) needs its \(missing) component")
+        }
+        return found
     }
 
     /// What a render plan needs to know of the model, from its configs alone:
     /// cheap enough to check every job at admission, before any weight is read.
     public func describe() throws -> ModelDescription {
         let index = try modelIndex()
-        return try describe(index: index, pipeline: try checkedPipeline(index))
+        return try describe(index: index, components: try checkedPipeline(index))
     }
 
-    private func describe(index: [String: Any], pipeline: String) throws -> ModelDescription {
+    /// A denoiser's config, by its class.
+    private func denoiserConfig(_ components: Components) throws -> any DenoiserConfig {
+        let directory = components.directory(.denoiser, in: path) ?? path
+        let className = components.roles[.denoiser]?.className ?? "UNet2DModel"
+        return try WeightFiles.config(directory, Self.denoiserConfigs[className]!)
+    }
+
+    /// Each denoiser class's config parser.
+    static let denoiserConfigs: [String: @Sendable (Data, String) throws -> any DenoiserConfig] = [
+        "UNet2DModel": { try UNet2DConfig(json: $0, source: $1) },
+        "UNet2DConditionModel": { try UNet2DConditionConfig(json: $0, source: $1) },
+    ]
+
+    private func describe(index: [String: Any], components: Components) throws -> ModelDescription {
         let sampleShape: [Int]
         let classCount: Int?
         var predictsVariance = false
-        if pipeline == "GaussianMixture" {
+        var latent: LatentSpace?
+        var text: TextConditioning?
+        var sizeMultiple: Int?
+        if components.pipeline == "GaussianMixture" {
             let mixture = try loadMixture()
             (sampleShape, classCount) = (mixture.sampleShape, mixture.classCount)
         } else {
-            let config = try loadUNetConfig()
-            (sampleShape, classCount) = (config.sampleShape, config.numClassEmbeds)
-            guard config.outChannels == config.inChannels || config.outChannels == 2 * config.inChannels else {
-                throw DiffusionError("\(path): out_channels \(config.outChannels) must equal in_channels \(config.inChannels), or be twice it for a model that predicts its variance")
+            let config = try denoiserConfig(components)
+            (sampleShape, classCount, sizeMultiple) = (config.sampleShape, config.classCount, config.downsamplingFactor)
+            let (inChannels, outChannels) = (sampleShape[0], config.outputChannels)
+            guard outChannels == inChannels || outChannels == 2 * inChannels else {
+                throw DiffusionError("\(path): out_channels \(outChannels) must equal in_channels \(inChannels), or be twice it for a model that predicts its variance")
             }
-            predictsVariance = config.outChannels == 2 * config.inChannels
+            predictsVariance = outChannels == 2 * inChannels
+            if let directory = components.directory(.autoencoder, in: path) {
+                let autoencoder = try WeightFiles.config(directory, AutoencoderConfig.init)
+                guard autoencoder.latentChannels == inChannels else {
+                    throw DiffusionError("\(path): the U-Net takes \(inChannels) channels and the autoencoder makes \(autoencoder.latentChannels)")
+                }
+                latent = LatentSpace(factor: autoencoder.downsamplingFactor, scalingFactor: autoencoder.scalingFactor,
+                                     imageChannels: autoencoder.outChannels)
+                sizeMultiple! *= autoencoder.downsamplingFactor
+            }
+            if let contextDim = config.contextDim {
+                guard let encoder = components.directory(.textEncoder, in: path),
+                      let tokenizer = components.directory(.tokenizer, in: path)
+                else { throw DiffusionError("\(path): a text-conditioned U-Net needs text_encoder and tokenizer components") }
+                let textConfig = try WeightFiles.config(encoder, CLIPTextConfig.init)
+                guard textConfig.hiddenSize == contextDim else {
+                    throw DiffusionError("\(path): the U-Net reads text states of \(contextDim) and the text encoder makes \(textConfig.hiddenSize)")
+                }
+                text = TextConditioning(maxLength: try CLIPTokenizer(directory: tokenizer).maxLength, contextDim: contextDim)
+            }
         }
         var nullClass: Int?
         if let classCount {
@@ -134,12 +209,13 @@ public struct ModelDirectory: Sendable {
         }
         return ModelDescription(
             sampleShape: sampleShape, classCount: classCount, nullClass: nullClass,
-            hasClassifier: pipeline == "GaussianMixture" || FileManager.default.fileExists(atPath: classifierConfigPath),
+            hasClassifier: components.pipeline == "GaussianMixture" || FileManager.default.fileExists(atPath: classifierConfigPath),
             predictsVariance: predictsVariance,
-            sampleRange: Self.pipelines[pipeline]?.sampleRange ?? -1...1,
+            sampleRange: Self.pipelines[components.pipeline]?.sampleRange ?? -1...1,
             recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
             schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
-            schedulerConfigSource: schedulerConfigPath)
+            schedulerConfigSource: schedulerConfigPath, latent: latent, text: text, sizeMultiple: sizeMultiple,
+            notes: components.notes)
     }
 
     private var classifierConfigPath: String { "\(path)/classifier/config.json" }
@@ -157,24 +233,37 @@ public struct ModelDirectory: Sendable {
     public func load() throws -> LoadedModel {
         // model_index.json is read and checked once, for the description and the loading.
         let index = try modelIndex()
-        let pipeline = try checkedPipeline(index)
-        let description = try describe(index: index, pipeline: pipeline)
-        let denoiser: any DenoisingModel
-        var classifier: (any NoisyClassifier)?
-        if pipeline == "GaussianMixture" {
+        let components = try checkedPipeline(index)
+        let description = try describe(index: index, components: components)
+        var parts = LoadedModel.Parts()
+        if components.pipeline == "GaussianMixture" {
             let mixture = try loadMixture()
-            denoiser = mixture
-            classifier = mixture
+            parts.denoiser = mixture
+            parts.classifier = mixture
         } else {
-            denoiser = try loadUNet()
+            let directory = components.directory(.denoiser, in: path) ?? path
+            let weights = try WeightFiles.open(directory, "diffusion_pytorch_model")
+            parts.denoiser = try denoiserConfig(components).makeModel(weights: weights)
+            parts.parameterBytes += weights.float32Bytes
+        }
+        if let directory = components.directory(.autoencoder, in: path) {
+            let weights = try WeightFiles.open(directory, "diffusion_pytorch_model")
+            parts.autoencoder = try Autoencoder(config: try WeightFiles.config(directory, AutoencoderConfig.init), weights: weights)
+            parts.parameterBytes += weights.float32Bytes
+        }
+        if let directory = components.directory(.textEncoder, in: path) {
+            let weights = try WeightFiles.open(directory, "model")
+            parts.textEncoder = TextEncoder(
+                tokenizer: try CLIPTokenizer(directory: components.directory(.tokenizer, in: path)!),
+                model: try CLIPTextModel(config: try WeightFiles.config(directory, CLIPTextConfig.init), weights: weights))
+            parts.parameterBytes += weights.float32Bytes
         }
         if let data = FileManager.default.contents(atPath: classifierConfigPath) {
-            classifier = try TimeConditionedClassifier(
+            parts.classifier = try TimeConditionedClassifier(
                 config: data, weights: try SafeTensorsFile(path: "\(path)/classifier/model.safetensors"),
                 source: classifierConfigPath)
         }
-        return LoadedModel(directory: self, description: description, denoiser: denoiser, classifier: classifier,
-                           contentHash: try contentHash())
+        return try LoadedModel(directory: self, description: description, parts: parts, contentHash: try contentHash())
     }
 
     /// FNV-1a (64-bit) over every regular file of the directory, in path order,
@@ -204,7 +293,8 @@ public struct ModelDirectory: Sendable {
 
 /// What a model is, without its weights: what planning a render checks a job against.
 public struct ModelDescription: Sendable {
-    /// One image's shape `[channels, height, width]`.
+    /// One sample's shape `[channels, height, width]` at the model's own size
+    /// (for a latent model, the latents').
     public let sampleShape: [Int]
     /// Class labels it takes, the null label included; nil when unconditional.
     public let classCount: Int?
@@ -214,16 +304,26 @@ public struct ModelDescription: Sendable {
     /// Whether the model returns its variance too: out_channels = 2 × in_channels
     /// (Improved DDPM's learned variance), the variance after the output.
     public let predictsVariance: Bool
-    /// The pixel values of its samples: −1...1, or 0...1 for score models' pipelines.
+    /// The pixel values of its images: −1...1, or 0...1 for score models' pipelines.
     public let sampleRange: ClosedRange<Float>
     public let recommendedGuidanceScale: Double?
     /// scheduler_config.json as stored (nil when the directory has none), and where it is.
     public let schedulerConfigData: Data?
     public let schedulerConfigSource: String
+    /// The autoencoder a latent model's samples are decoded by (nil: samples are images).
+    public let latent: LatentSpace?
+    /// The prompts a text-conditioned model reads (nil: it takes none).
+    public let text: TextConditioning?
+    /// Image sides must be multiples of this many pixels (the U-Net's downsampling
+    /// times the autoencoder's); nil: the model renders its own size only.
+    public let sizeMultiple: Int?
+    /// What loading it leaves out (a safety checker), for the log.
+    public let notes: [String]
 
     public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool, predictsVariance: Bool = false,
                 sampleRange: ClosedRange<Float> = -1...1, recommendedGuidanceScale: Double?, schedulerConfigData: Data?,
-                schedulerConfigSource: String)
+                schedulerConfigSource: String, latent: LatentSpace? = nil, text: TextConditioning? = nil,
+                sizeMultiple: Int? = nil, notes: [String] = [])
     {
         self.sampleShape = sampleShape
         self.predictsVariance = predictsVariance
@@ -234,6 +334,44 @@ public struct ModelDescription: Sendable {
         self.recommendedGuidanceScale = recommendedGuidanceScale
         self.schedulerConfigData = schedulerConfigData
         self.schedulerConfigSource = schedulerConfigSource
+        self.latent = latent
+        self.text = text
+        self.sizeMultiple = sizeMultiple
+        self.notes = notes
+    }
+
+    /// The image size the model renders by default, `[height, width]` in pixels.
+    public var defaultImageSize: [Int] { sampleShape.dropFirst().map { $0 * (latent?.factor ?? 1) } }
+
+    /// The channels of its images (the decoder's, for a latent model).
+    public var imageChannels: Int { latent?.imageChannels ?? sampleShape[0] }
+}
+
+/// A latent model's autoencoder, as planning sees it.
+public struct LatentSpace: Sendable, Equatable {
+    /// Pixels per latent along each side.
+    public let factor: Int
+    /// Latents are the encoder's output times this; the decoder reads latents / it.
+    public let scalingFactor: Float
+    public let imageChannels: Int
+}
+
+/// A text-conditioned model's prompt input, as planning sees it.
+public struct TextConditioning: Sendable, Equatable {
+    /// Token ids per prompt (the tokenizer's model_max_length).
+    public let maxLength: Int
+    /// The width of the text states the U-Net reads.
+    public let contextDim: Int
+}
+
+/// A tokenizer and the text model reading its ids.
+public struct TextEncoder: Sendable {
+    public let tokenizer: CLIPTokenizer
+    public let model: CLIPTextModel
+
+    /// The text states of `prompts`, channel-major `[n, hidden, tokens, 1]`.
+    public func encode(_ prompts: [String], on runtime: KernelRuntime) throws -> Tensor {
+        try model.encode(prompts.map(tokenizer.encode), on: runtime)
     }
 }
 
@@ -244,17 +382,50 @@ public struct LoadedModel: Sendable {
     public let description: ModelDescription
     public let denoiser: any DenoisingModel
     public let classifier: (any NoisyClassifier)?
+    public let autoencoder: Autoencoder?
+    public let textEncoder: TextEncoder?
+    /// The float32 bytes of every component's weights, as held in memory.
+    public let parameterBytes: Int
     public let contentHash: String
+
+    /// The components a directory loads into.
+    public struct Parts {
+        public var denoiser: (any DenoisingModel)?
+        public var classifier: (any NoisyClassifier)?
+        public var autoencoder: Autoencoder?
+        public var textEncoder: TextEncoder?
+        public var parameterBytes = 0
+
+        public init(denoiser: (any DenoisingModel)? = nil, autoencoder: Autoencoder? = nil, textEncoder: TextEncoder? = nil,
+                    parameterBytes: Int = 0) {
+            self.denoiser = denoiser
+            self.autoencoder = autoencoder
+            self.textEncoder = textEncoder
+            self.parameterBytes = parameterBytes
+        }
+    }
+
+    public init(directory: ModelDirectory?, description: ModelDescription, parts: Parts, contentHash: String) throws {
+        guard let denoiser = parts.denoiser else { throw DiffusionError("a model without a denoiser") }
+        precondition(description.sampleShape == denoiser.sampleShape && description.classCount == denoiser.classCount,
+                     "a model description that does not describe its denoiser")
+        precondition((description.latent != nil) == (parts.autoencoder != nil) && (description.text != nil) == (parts.textEncoder != nil),
+                     "a model description that does not describe its components")
+        self.directory = directory
+        self.description = description
+        self.denoiser = denoiser
+        self.classifier = parts.classifier
+        self.autoencoder = parts.autoencoder
+        self.textEncoder = parts.textEncoder
+        self.parameterBytes = parts.parameterBytes
+        self.contentHash = contentHash
+    }
 
     public init(directory: ModelDirectory?, description: ModelDescription, denoiser: any DenoisingModel,
                 classifier: (any NoisyClassifier)?, contentHash: String)
     {
-        precondition(description.sampleShape == denoiser.sampleShape && description.classCount == denoiser.classCount,
-                     "a model description that does not describe its denoiser")
-        self.directory = directory
-        self.description = description
-        self.denoiser = denoiser
-        self.classifier = classifier
-        self.contentHash = contentHash
+        var parts = Parts(denoiser: denoiser)
+        parts.classifier = classifier
+        try! self.init(directory: directory, description: description, parts: parts, contentHash: contentHash)
     }
 }

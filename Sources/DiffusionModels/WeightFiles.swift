@@ -22,6 +22,12 @@ enum WeightFiles {
         try SafeTensorsFile(path: try locate(directory, name))
     }
 
+    /// `directory/config.json` parsed by `parse(data, source)`.
+    static func config<Config>(_ directory: String, _ parse: (Data, String) throws -> Config) throws -> Config {
+        let source = "\(directory)/config.json"
+        return try parse(try json(source), source)
+    }
+
     static func json(_ path: String) throws -> Data {
         guard let data = FileManager.default.contents(atPath: path) else { throw DiffusionError("\(path): cannot read") }
         return data
@@ -31,7 +37,27 @@ enum WeightFiles {
 extension CLIPTextModel {
     /// A `text_encoder/` directory: config.json and model.safetensors.
     public convenience init(directory: String) throws {
-        let config = try CLIPTextConfig(json: try WeightFiles.json("\(directory)/config.json"), source: "\(directory)/config.json")
-        try self.init(config: config, weights: try WeightFiles.open(directory, "model"))
+        try self.init(config: try WeightFiles.config(directory, CLIPTextConfig.init), weights: try WeightFiles.open(directory, "model"))
     }
+}
+
+extension Autoencoder {
+    /// An `AutoencoderKL` or `VQModel` directory: config.json and diffusion_pytorch_model.safetensors.
+    public convenience init(directory: String) throws {
+        try self.init(config: try WeightFiles.config(directory, AutoencoderConfig.init),
+                      weights: try WeightFiles.open(directory, "diffusion_pytorch_model"))
+    }
+}
+
+extension UNet2DConditionModel {
+    /// A `unet/` directory: config.json and diffusion_pytorch_model.safetensors (or its fp16 variant).
+    public convenience init(directory: String) throws {
+        try self.init(config: try WeightFiles.config(directory, UNet2DConditionConfig.init),
+                      weights: try WeightFiles.open(directory, "diffusion_pytorch_model"))
+    }
+}
+
+extension SafeTensorsFile {
+    /// The bytes its tensors take as float32, as the models hold them.
+    var float32Bytes: Int { entries.values.reduce(0) { $0 + 4 * $1.shape.reduce(1, *) } }
 }

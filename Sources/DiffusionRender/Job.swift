@@ -4,7 +4,7 @@ import Foundation
 /// A render job, the one schema of docs/jobs.md, parsed strictly: every key has
 /// a type and a default, and an unknown key is an error, never ignored.
 public struct Job: Sendable {
-    public enum Format: String, Sendable, CaseIterable { case png, npy }
+    public enum Format: String, Sendable, CaseIterable { case png, npy, latents }
 
     public var model: String
     /// nil: the sampler the model's scheduler config names.
@@ -18,6 +18,14 @@ public struct Job: Sendable {
     public var count = 1
     /// One label per image; nil: the model's null label (unconditional).
     public var classes: [Int]?
+    /// One prompt per image, for text-conditioned models; and the prompts the
+    /// unconditional pass of CFG reads (nil: the empty prompt, as diffusers).
+    public var prompts: [String]?
+    public var negativePrompts: [String]?
+    /// The image size in pixels; nil: the model's own (its U-Net's sample_size,
+    /// times the autoencoder's factor for a latent model).
+    public var width: Int?
+    public var height: Int?
     public var guidance: Guidance?
     /// A float32 `[count, C, H, W]` .npy used as x_T: a path (`diffusiond render`,
     /// relative to the job file) or the file's bytes (sent inline to the daemon).
@@ -44,6 +52,7 @@ public struct Job: Sendable {
     public static let keys: Set<String> = [
         "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "seed", "count", "class",
         "guidance", "init_noise", "formats", "grid_columns", "priority", "preview_every", "time_limit",
+        "prompt", "negative_prompt", "width", "height",
     ]
 
     public init(model: String) { self.model = model }
@@ -103,6 +112,18 @@ public struct Job: Sendable {
                 classes = [Int](repeating: try integer(raw, "class", 0...Int(Int32.max)), count: count)
             }
         }
+        func promptList(_ key: String) throws -> [String]? {
+            guard let raw = value(key) else { return nil }
+            if let text = raw as? String { return [String](repeating: text, count: count) }
+            guard let list = raw as? [String], list.count == count else {
+                throw fail(key, "a string or a list of count (\(count)) strings")
+            }
+            return list
+        }
+        prompts = try promptList("prompt")
+        negativePrompts = try promptList("negative_prompt")
+        if let raw = value("width") { width = try integer(raw, "width", 1...65_536) }
+        if let raw = value("height") { height = try integer(raw, "height", 1...65_536) }
         if let raw = value("guidance") {
             guard var object = raw as? [String: Any], let kind = object.removeValue(forKey: "kind") as? String else {
                 throw fail("guidance", "an object with a \"kind\" (cfg, classifier)")
@@ -121,9 +142,10 @@ public struct Job: Sendable {
             }
         }
         if let raw = value("formats") {
-            guard let list = raw as? [String], !list.isEmpty else { throw fail("formats", "a list of \"png\", \"npy\"") }
+            let formatList = "a list of \"png\", \"npy\", \"latents\""
+            guard let list = raw as? [String], !list.isEmpty else { throw fail("formats", formatList) }
             formats = try list.map { name in
-                guard let format = Format(rawValue: name) else { throw fail("formats", "a list of \"png\", \"npy\"") }
+                guard let format = Format(rawValue: name) else { throw fail("formats", formatList) }
                 return format
             }
         }

@@ -26,8 +26,8 @@ public struct OneShotRender {
         let model = try ModelResolver(directories: modelDirectories).load(job.model, relativeTo: base)
         let render = try Render(plan: try makePlan(job, base: base, model: model.description), model: model,
                                 runtime: KernelRuntime(threadCount: threads))
-        let samples = try render.run(progress: progress)
-        try RenderOutput.write(render, samples: samples, to: outputDirectory)
+        try render.run(progress: progress)
+        try RenderOutput.write(render, to: outputDirectory)
         return render
     }
 

@@ -24,6 +24,10 @@ public final class Render: @unchecked Sendable {
     let generators: [ImageGenerator]
     let classifier: ClassifierContext?
     let runtime: KernelRuntime
+    /// A text model's states for the conditional and the unconditional pass
+    /// (the prompts and the negative prompts), encoded once per render.
+    let conditionalContext: Tensor?
+    let unconditionalContext: Tensor?
 
     public var job: Job { plan.job }
     public var seeds: [UInt64] { plan.seeds }
@@ -43,17 +47,24 @@ public final class Render: @unchecked Sendable {
                 throw DiffusionError("guidance \(plan.guidance!.name) needs a model directory with a classifier/")
             }
             self.classifier = ClassifierContext(classifier: classifier, runtime: runtime,
-                                                alphasCumprod: plan.levels.alphasCumprod, sampleShape: model.description.sampleShape)
+                                                alphasCumprod: plan.levels.alphasCumprod, sampleShape: plan.sampleShape)
         } else {
             classifier = nil
         }
         generators = plan.seeds.map { ImageGenerator(seed: $0) }
+        if let textEncoder = model.textEncoder, let prompts = plan.prompts {
+            conditionalContext = try textEncoder.encode(prompts, on: runtime)
+            unconditionalContext = plan.guidance?.needsUnconditional == true
+                ? try textEncoder.encode(plan.negativePrompts!, on: runtime) : nil
+        } else {
+            (conditionalContext, unconditionalContext) = (nil, nil)
+        }
         // x_T = init_noise_sigma · N(0, I), the unit noise from the job or each image's own stream.
         if let initNoise = plan.initNoise {
             sample = initNoise
         } else {
-            let imageValues = model.description.sampleShape.reduce(1, *)
-            sample = Tensor(uninitialized: [plan.job.count] + model.description.sampleShape)
+            let imageValues = plan.sampleShape.reduce(1, *)
+            sample = Tensor(uninitialized: [plan.job.count] + plan.sampleShape)
             for (image, generator) in generators.enumerated() {
                 generator.generator.fillNormal(sample.data + image * imageValues, count: imageValues)
             }
@@ -90,6 +101,8 @@ public final class Render: @unchecked Sendable {
         public let timesteps: [Float]
         public let alphasCumprod: [Double]
         public let labels: [Int]?
+        /// Each image's text states, for a text-conditioned model.
+        public let context: Tensor?
     }
 
     /// The model input of the next evaluation.
@@ -102,11 +115,13 @@ public final class Render: @unchecked Sendable {
         if let labels {
             passLabels = (wantsConditional ? labels : []) + (wantsUnconditional ? [Int](repeating: model.description.nullClass!, count: count) : [])
         }
-        let passes = (wantsConditional ? 1 : 0) + (wantsUnconditional && labels != nil ? 1 : 0)
+        let contexts = [wantsConditional ? conditionalContext : nil, wantsUnconditional ? unconditionalContext : nil].compactMap { $0 }
+        let passes = (wantsConditional ? 1 : 0) + (wantsUnconditional && (labels != nil || unconditionalContext != nil) ? 1 : 0)
         let scaled = scaledSample(evaluation)
         let input = passes == 2 ? Tensor.stacking([scaled, scaled]) : scaled
         return ModelPass(input: input, timesteps: [Float](repeating: Float(evaluation.time), count: input.shape[0]),
-                         alphasCumprod: [Double](repeating: evaluation.alphaCumprod, count: input.shape[0]), labels: passLabels)
+                         alphasCumprod: [Double](repeating: evaluation.alphaCumprod, count: input.shape[0]), labels: passLabels,
+                         context: contexts.isEmpty ? nil : contexts.count == 1 ? contexts[0] : Tensor.stacking(contexts))
     }
 
     /// diffusers' scale_model_input: the sample as the model sees it.
@@ -157,12 +172,24 @@ public final class Render: @unchecked Sendable {
         stepSeconds += modelTime + preparationSeconds + Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
-    /// Runs every remaining evaluation, calling `progress(done, total)` after each step.
+    /// Runs every remaining evaluation, calling `progress(done, total)` after
+    /// each step; returns the final sample (a latent model's latents).
+    @discardableResult
     public func run(progress: (Int, Int) -> Void = { _, _ in }) throws -> Tensor {
         while !isFinished {
             try step()
             if endedStep { progress(completedSteps, totalSteps) }
         }
         return sample
+    }
+
+    /// The images of `samples` (the final sample, or a preview's x̂₀): a latent
+    /// model's decoded one image at a time, as diffusers' pipelines decode
+    /// `latents / scaling_factor`, before any clamping; other models' as they are.
+    public func images(of samples: Tensor) throws -> Tensor {
+        guard let autoencoder = model.autoencoder, let latent = model.description.latent else { return samples }
+        return Tensor.stacking(try (0..<samples.shape[0]).map { image in
+            try autoencoder.decode(samples.slice(image..<(image + 1)).scaled(by: 1 / latent.scalingFactor), on: runtime)
+        })
     }
 }

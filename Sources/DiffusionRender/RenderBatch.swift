@@ -16,7 +16,8 @@ public enum RenderBatch {
         let modelStart = DispatchTime.now().uptimeNanoseconds
         let output = try renders[0].model.denoiser.predict(
             input, timesteps: passes.flatMap(\.timesteps), alphasCumprod: passes.flatMap(\.alphasCumprod),
-            classLabels: passes[0].labels != nil ? passes.flatMap { $0.labels ?? [] } : nil, on: runtime)
+            classLabels: passes[0].labels != nil ? passes.flatMap { $0.labels ?? [] } : nil,
+            context: passes[0].context != nil ? Tensor.stacking(passes.compactMap(\.context)) : nil, on: runtime)
         let modelTime = Double(DispatchTime.now().uptimeNanoseconds - modelStart) / 1e9
         let preparation = Double(modelStart - start) / 1e9
         let images = Double(input.shape[0])

@@ -7,12 +7,14 @@ import Foundation
 /// over the model's sample range: −1...1, or 0...1 for score models; with an iTXt
 /// chunk `diffusiond` holding the resolved job, the image's own seed, the model's
 /// content hash and the program version), `grid.png` (about √count columns),
-/// `job.json` (the resolved job) and, with format `npy`, `samples.npy` (the final
-/// samples, float32 `[count, C, H, W]`, unclamped).
+/// `job.json` (the resolved job, prompts included), with format `npy`
+/// `samples.npy` (the final images, float32 `[count, C, H, W]`, unclamped: for a
+/// latent model the decoder's output) and with format `latents` `latents.npy`
+/// (a latent model's final latents).
 public enum RenderOutput {
     public static let programVersion = "0.1.0"
 
-    public static func write(_ render: Render, samples: Tensor, to directory: String) throws {
+    public static func write(_ render: Render, to directory: String) throws {
         let fm = FileManager.default
         do {
             try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
@@ -21,6 +23,7 @@ public enum RenderOutput {
         }
         let range = render.model.description.sampleRange
         let job = render.plan.resolvedJob
+        let samples = try render.images(of: render.sample)
         let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
         if render.job.formats.contains(.png) {
             for image in 0..<count {
@@ -41,6 +44,9 @@ public enum RenderOutput {
         if render.job.formats.contains(.npy) {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
         }
+        if render.job.formats.contains(.latents) {
+            try NPYFile.write(render.sample, path: "\(directory)/latents.npy")
+        }
         guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
             throw DiffusionError.system("cannot write \(directory)/job.json")
         }
@@ -57,24 +63,33 @@ public enum RenderOutput {
     }
 
     /// Image `image`'s generation parameters as AUTOMATIC1111 writes them, so the
-    /// tools people read them with show them: "Steps: 50, Sampler: DDIM, CFG
-    /// scale: 3.0, Seed: 123, Size: 28x28, Model hash: 0123456789, Model: NAME"
-    /// (the guidance as "CFG scale" or "Classifier scale", the label as "Class";
-    /// the hash is the first ten digits of the model's content hash).
+    /// tools people read them with show them: the prompt, "Negative prompt: ...",
+    /// then "Steps: 50, Sampler: DDIM, CFG scale: 3.0, Seed: 123, Size: 28x28,
+    /// Model hash: 0123456789, Model: NAME" (the guidance as "CFG scale" or
+    /// "Classifier scale", the label as "Class"; the hash is the first ten digits
+    /// of the model's content hash).
     static func parameters(_ render: Render, image: Int) -> String {
         let job = render.job
-        let shape = render.model.description.sampleShape
+        let size = render.plan.resolvedJob
         var fields = ["Steps: \(render.totalSteps)", "Sampler: \(render.plan.samplerName.uppercased())"]
-        if let guidance = job.guidance {
+        if let kind = render.plan.guidanceKind {
             // A scale neither the job nor the model gives is the plugins' default, 1.
             let scale = render.plan.guidanceOptions["scale"] as? NSNumber
-            let name = guidance.kind == "cfg" ? "CFG scale" : "\(guidance.kind.prefix(1).uppercased())\(guidance.kind.dropFirst()) scale"
+            let name = kind == "cfg" ? "CFG scale" : "\(kind.prefix(1).uppercased())\(kind.dropFirst()) scale"
             fields.append("\(name): \(scale.map { String(format: "%.1f", $0.doubleValue) } ?? "1.0")")
         }
         if let classes = job.classes { fields.append("Class: \(classes[image])") }
         let hash = render.model.contentHash.split(separator: ":").last.map { String($0.prefix(10)) } ?? ""
-        fields += ["Seed: \(render.seeds[image])", "Size: \(shape[2])x\(shape[1])", "Model hash: \(hash)", "Model: \(job.model)"]
-        return fields.joined(separator: ", ")
+        fields += ["Seed: \(render.seeds[image])", "Size: \(size["width"]!)x\(size["height"]!)", "Model hash: \(hash)",
+                   "Model: \(job.model)"]
+        var lines: [String] = []
+        if let prompts = render.plan.prompts {
+            lines.append(prompts[image])
+            if let negative = render.plan.negativePrompts?[image], !negative.isEmpty { lines.append("Negative prompt: \(negative)") }
+        }
+        // tEXt holds Latin-1: a prompt's other characters are written as "?"
+        let text = (lines + [fields.joined(separator: ", ")]).joined(separator: "\n")
+        return String(text.unicodeScalars.map { $0.value < 256 ? Character($0) : "?" })
     }
 
     static func json(_ object: Any) throws -> String {

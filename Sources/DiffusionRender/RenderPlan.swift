@@ -30,6 +30,18 @@ public final class RenderPlan: @unchecked Sendable {
     public let guidanceOptions: [String: Any]
     /// The decoded `init_noise`, when the job has one.
     let initNoise: Tensor?
+    /// One sample's shape for this job's size (for a latent model, its latents').
+    public let sampleShape: [Int]
+    /// The prompts of a text-conditioned model's conditional and unconditional
+    /// passes (the negative prompts default to the empty one, as diffusers').
+    public let prompts: [String]?
+    public let negativePrompts: [String]?
+    /// The guidance method in force: the job's, or CFG for a text model.
+    public let guidanceKind: String?
+
+    /// The guidance scale of text-conditioned models without a
+    /// recommended_guidance_scale, diffusers' StableDiffusionPipeline default.
+    public static let textGuidanceScale = 7.5
 
     /// The sampler of a model whose scheduler class no plugin declares.
     public static let fallbackSampler = "ddim"
@@ -40,15 +52,38 @@ public final class RenderPlan: @unchecked Sendable {
     public init(job: Job, model: ModelDescription, registry: PluginRegistry, limits: RenderLimits,
                 initNoise: Tensor?) throws
     {
-        let shape = model.sampleShape
-        let pixels = shape.dropFirst().reduce(1, *)
+        let size = [job.height ?? model.defaultImageSize[0], job.width ?? model.defaultImageSize[1]]
+        if let multiple = model.sizeMultiple {
+            guard size.allSatisfy({ $0 % multiple == 0 }) else {
+                throw DiffusionError("width and height must be multiples of \(multiple) pixels for this model, not \(size[1])x\(size[0])")
+            }
+        } else if size != model.defaultImageSize {
+            throw DiffusionError("this model renders \(model.defaultImageSize[1])x\(model.defaultImageSize[0]) images only: leave out width and height")
+        }
+        let factor = model.latent?.factor ?? 1
+        let shape = [model.sampleShape[0], size[0] / factor, size[1] / factor]
+        sampleShape = shape
+        let pixels = size[0] * size[1]
         guard job.steps <= limits.maxSteps else { throw DiffusionError("steps \(job.steps) is over the limit of \(limits.maxSteps)") }
         guard job.count <= limits.maxCount else { throw DiffusionError("count \(job.count) is over the limit of \(limits.maxCount)") }
         guard pixels <= limits.maxPixels else {
-            throw DiffusionError("images of \(shape.dropFirst().map(String.init).joined(separator: "x")) pixels are over the limit of \(limits.maxPixels) pixels")
+            throw DiffusionError("images of \(size[1])x\(size[0]) pixels are over the limit of \(limits.maxPixels) pixels")
         }
-        if job.formats.contains(.png), !Self.pngChannels.contains(shape[0]) {
-            throw DiffusionError("this model's images have \(shape[0]) channels and a PNG holds 1 to 4: ask for \"formats\": [\"npy\"]")
+        if job.formats.contains(.png), !Self.pngChannels.contains(model.imageChannels) {
+            throw DiffusionError("this model's images have \(model.imageChannels) channels and a PNG holds 1 to 4: ask for \"formats\": [\"npy\"]")
+        }
+        if job.formats.contains(.latents), model.latent == nil {
+            throw DiffusionError("format latents: this model samples images, not latents (ask for \"npy\")")
+        }
+        if model.text != nil {
+            guard let prompts = job.prompts else { throw DiffusionError("this model is text-conditioned: give \"prompt\"") }
+            self.prompts = prompts
+            negativePrompts = job.negativePrompts ?? [String](repeating: "", count: job.count)
+        } else {
+            if job.prompts != nil || job.negativePrompts != nil {
+                throw DiffusionError("this model is not text-conditioned: it takes no prompt")
+            }
+            (prompts, negativePrompts) = (nil, nil)
         }
         self.job = job
         self.model = model
@@ -91,17 +126,20 @@ public final class RenderPlan: @unchecked Sendable {
         }
 
         let classCount = model.classCount
-        if let request = job.guidance {
+        // A text model is guided by CFG unless the job says otherwise, as diffusers' pipelines are.
+        if let request = job.guidance ?? (model.text != nil ? Job.Guidance(kind: "cfg", options: [:]) : nil) {
             var defaults: [String: Any] = [:]
-            if request.kind == "cfg", let scale = model.recommendedGuidanceScale { defaults["scale"] = scale }
+            if request.kind == "cfg", let scale = model.recommendedGuidanceScale ?? (model.text != nil ? Self.textGuidanceScale : nil) {
+                defaults["scale"] = scale
+            }
             self.guidanceOptions = defaults.merging(request.options.mapValues(\.foundation)) { $1 }
             let guidanceOptions = ComponentOptions(modelConfig: defaults, overrides: request.options.mapValues(\.foundation))
             let made = try Guidance(name: request.kind, registry: registry, options: guidanceOptions)
             if let unread = guidanceOptions.unreadOverrides.first {
                 throw DiffusionError("guidance: \(unread) is not a setting of \(request.kind)")
             }
-            if made.needsConditional && made.needsUnconditional && classCount == nil {
-                throw DiffusionError("guidance \(request.kind) needs a class-conditional model")
+            if made.needsConditional && made.needsUnconditional && classCount == nil && model.text == nil {
+                throw DiffusionError("guidance \(request.kind) needs a class- or text-conditioned model")
             }
             if made.needsClassifier {
                 guard model.hasClassifier else {
@@ -114,9 +152,11 @@ public final class RenderPlan: @unchecked Sendable {
                 }
             }
             guidance = made
+            guidanceKind = request.kind
         } else {
             guidance = nil
             guidanceOptions = [:]
+            guidanceKind = nil
         }
 
         // The model's labels; an unconditional model guided by a classifier takes
@@ -154,11 +194,15 @@ public final class RenderPlan: @unchecked Sendable {
         resolved["grid_columns"] = job.gridColumns ?? NSNull()
         resolved["timestep_spacing"] = job.timestepSpacing ?? NSNull()
         resolved["class"] = job.classes ?? NSNull()
-        if let guidance = job.guidance {
-            resolved["guidance"] = guidance.options.mapValues(\.foundation).merging(["kind": guidance.kind]) { $1 }
+        if let guidanceKind {
+            resolved["guidance"] = guidanceOptions.merging(["kind": guidanceKind]) { $1 }
         } else {
             resolved["guidance"] = NSNull()
         }
+        resolved["prompt"] = prompts ?? NSNull()
+        resolved["negative_prompt"] = negativePrompts ?? NSNull()
+        resolved["width"] = sampleShape[2] * (model.latent?.factor ?? 1)
+        resolved["height"] = sampleShape[1] * (model.latent?.factor ?? 1)
         switch job.initNoise {
         case .path(let path)?: resolved["init_noise"] = path
         case .inline?: resolved["init_noise"] = "inline"

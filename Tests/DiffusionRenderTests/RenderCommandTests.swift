@@ -125,8 +125,10 @@ import Testing
 
     /// A pipeline this host does not render as a whole is refused, naming what.
     @Test(arguments: [
-        (#"{"_class_name": "LDMPipeline", "vqvae": ["diffusers", "VQModel"], "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
-         "model_index.json: pipeline LDMPipeline is not supported (supported: DDIMPipeline, DDPMPipeline, GaussianMixture, ScoreSdeVePipeline)"),
+        (#"{"_class_name": "StableDiffusionXLPipeline", "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "EulerDiscreteScheduler"]}"#,
+         "model_index.json: pipeline StableDiffusionXLPipeline is not supported (supported: DDIMPipeline, DDPMPipeline, GaussianMixture, LDMPipeline, ScoreSdeVePipeline, StableDiffusionPipeline)"),
+        (#"{"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
+         "model_index.json: a LDMPipeline needs its vqvae component"),
         (#"{"_class_name": "DDPMPipeline", "vqvae": ["diffusers", "VQModel"], "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
          "model_index.json: component vqvae (VQModel) is not supported in a DDPMPipeline (this host reads scheduler + unet)"),
         (#"{"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,

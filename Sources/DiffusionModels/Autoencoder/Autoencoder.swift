@@ -92,13 +92,6 @@ public final class Autoencoder: Sendable {
         try w.rejectUnused()
     }
 
-    /// An `AutoencoderKL` or `VQModel` directory: config.json and diffusion_pytorch_model.safetensors.
-    public convenience init(directory: String) throws {
-        let source = "\(directory)/config.json"
-        let config = try AutoencoderConfig(json: try WeightFiles.json(source), source: source)
-        try self.init(config: config, weights: try WeightFiles.open(directory, "diffusion_pytorch_model"))
-    }
-
     /// The encoder's output for images `[n, in, H, W]` in −1...1: AutoencoderKL's
     /// moments (mean, then log-variance, `[n, 2·latent, h, w]`), VQModel's
     /// pre-quantisation latents (`VQModel.encode(x).latents`).

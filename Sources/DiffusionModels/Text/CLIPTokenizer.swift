@@ -1,6 +1,5 @@
 import DiffusionKernels
 import Foundation
-import Synchronization
 
 /// transformers' `CLIPTokenizer` from a `tokenizer/` directory as Stable Diffusion
 /// publishes it (vocab.json, merges.txt, tokenizer_config.json,
@@ -33,7 +32,6 @@ public final class CLIPTokenizer: Sendable {
     let ranks: [String: Int]
     /// The special tokens' texts, longest first, as they are cut out of a prompt.
     let specialTexts: [(text: [Unicode.Scalar], id: Int)]
-    private let cache = Mutex<[String: [Int]]>([:])
 
     public init(directory: String) throws {
         func json(_ name: String) throws -> [String: Any]? {
@@ -193,7 +191,6 @@ public final class CLIPTokenizer: Sendable {
 
     /// The ids of one pre-tokenised word.
     func bpe(_ word: String) -> [Int] {
-        if let known = cache.withLock({ $0[word] }) { return known }
         var symbols = word.utf8.map { Self.byteSymbols[Int($0)] }
         symbols[symbols.count - 1] += "</w>"
         while symbols.count > 1 {
@@ -205,8 +202,6 @@ public final class CLIPTokenizer: Sendable {
             symbols[best.at] += symbols[best.at + 1]
             symbols.remove(at: best.at + 1)
         }
-        let ids = symbols.map { vocabulary[$0] ?? unknownToken }
-        cache.withLock { if $0.count < 65_536 { $0[word] = ids } }
-        return ids
+        return symbols.map { vocabulary[$0] ?? unknownToken }
     }
 }

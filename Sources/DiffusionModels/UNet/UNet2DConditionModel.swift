@@ -93,13 +93,6 @@ public final class UNet2DConditionModel: Sendable {
         try w.rejectUnused()
     }
 
-    /// A `unet/` directory: config.json and diffusion_pytorch_model.safetensors (or its fp16 variant).
-    public convenience init(directory: String) throws {
-        let source = "\(directory)/config.json"
-        let config = try UNet2DConditionConfig(json: try WeightFiles.json(source), source: source)
-        try self.init(config: config, weights: try WeightFiles.open(directory, "diffusion_pytorch_model"))
-    }
-
     /// The model output for `sample` `[n, in, h, w]` at one timestep per image,
     /// each image reading its own text states (`context`, channel-major
     /// `[n, cross_attention_dim, tokens, 1]`).

@@ -1,0 +1,78 @@
+import DiffusionKernels
+import DiffusionModels
+import DiffusionRender
+import Foundation
+import Testing
+
+/// Latent and text-conditioned renders against diffusers' own pipelines
+/// (tools/reference/make_latent_fixtures.py): StableDiffusionPipeline in SD 1.x's
+/// form (PNDM from the scheduler class, CFG at the default 7.5, a negative prompt
+/// per image) and 2.x's (v-prediction DDIM, fp16 variant files, `!` padding),
+/// and LDMPipeline (VQModel); the decoder's output before clamping.
+@Suite struct LatentRenderTests {
+    static let root = "\(TestSupport.packageRoot)/Tests/LatentFixtures"
+    static let cases = [("sd1-tiny", "render-cfg"), ("sd2-tiny", "render-cfg"), ("ldm-tiny", "render")]
+
+    struct Info: Decodable { let cases: [String: Case] }
+    struct Case: Decodable { let diffusers_f32_max_abs_deviation: Double; let tolerance: Double }
+
+    func render(_ model: String, _ name: String, output: String) throws -> Render {
+        var render = OneShotRender()
+        render.pluginDirectories = [TestSupport.buildDirectory]
+        render.modelDirectories = [Self.root]
+        return try render.run(jobPath: "\(Self.root)/\(model)/\(name).json", outputDirectory: output)
+    }
+
+    @Test(arguments: cases)
+    func matchesDiffusers(_ model: String, _ name: String) throws {
+        let info = try JSONDecoder().decode(Info.self, from: Data(contentsOf: URL(fileURLWithPath: "\(Self.root)/\(model)/cases.json"))).cases[name]!
+        let output = try TestSupport.temporaryDirectory()
+        try render(model, name, output: output)
+        let samples = try NPYFile.read(path: "\(output)/samples.npy")
+        let expected = try NPYFile.read(path: "\(Self.root)/\(model)/\(name)-expected.npy")
+        let error = Double(samples.maxAbsDifference(expected))
+        print("latent render \(model)/\(name): max |ours - diffusers float64| = \(error), tolerance \(info.tolerance) "
+              + "(diffusers float32 deviation \(info.diffusers_f32_max_abs_deviation))")
+        #expect(error <= info.tolerance)
+    }
+
+    /// PNGs are the decoded images; job.json and every PNG's metadata carry the prompts.
+    @Test func outputsHoldDecodedImagesLatentsAndPrompts() throws {
+        let output = try TestSupport.temporaryDirectory()
+        let job = #"{"model": "sd1-tiny", "steps": 3, "count": 2, "seed": 5, "prompt": ["a photo of a boot", "a bag"], "negative_prompt": "blurry", "formats": ["png", "npy", "latents"], "width": 24, "height": 32}"#
+        try job.write(toFile: "\(output)/job.json", atomically: true, encoding: .utf8)
+        var oneShot = OneShotRender()
+        oneShot.pluginDirectories = [TestSupport.buildDirectory]
+        oneShot.modelDirectories = [Self.root]
+        let render = try oneShot.run(jobPath: "\(output)/job.json", outputDirectory: "\(output)/out")
+        #expect(try NPYFile.read(path: "\(output)/out/latents.npy").shape == [2, 4, 16, 12])
+        #expect(try NPYFile.read(path: "\(output)/out/samples.npy").shape == [2, 3, 32, 24])
+        let resolved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(output)/out/job.json"))) as! [String: Any]
+        #expect(resolved["prompt"] as? [String] == ["a photo of a boot", "a bag"])
+        #expect(resolved["negative_prompt"] as? [String] == ["blurry", "blurry"])
+        #expect((resolved["guidance"] as? [String: Any])?["scale"] as? Double == 7.5)
+        #expect(render.plan.guidanceKind == "cfg")
+        let png = try Data(contentsOf: URL(fileURLWithPath: "\(output)/out/image-0001.png"))
+        #expect(png.range(of: Data("a bag\nNegative prompt: blurry\nSteps: 3".utf8)) != nil)
+    }
+
+    @Test(arguments: [
+        (#"{"model": "sd1-tiny", "steps": 2}"#, "this model is text-conditioned: give \"prompt\""),
+        (#"{"model": "ldm-tiny", "steps": 2, "prompt": "a cat"}"#, "this model is not text-conditioned: it takes no prompt"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "width": 18}"#, "width and height must be multiples of 4 pixels for this model, not 18x16"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": ["x", "y"]}"#, "job: prompt must be a string or a list of count (1) strings"),
+        (#"{"model": "ldm-tiny", "steps": 2, "formats": ["latents", "png"]}"#, nil),
+    ] as [(String, String?)])
+    func jobsAreCheckedAgainstTheModel(_ json: String, _ message: String?) throws {
+        func plan() throws -> RenderPlan {
+            let job = try Job(json: Data(json.utf8), source: "job")
+            let model = try ModelResolver(directories: [Self.root]).directory(job.model, relativeTo: nil).describe()
+            return try RenderPlan(job: job, model: model, registry: TestSupport.registry, limits: RenderLimits(), initNoise: nil)
+        }
+        if let message {
+            #expect(throws: DiffusionError(message)) { try plan() }
+        } else {
+            #expect(try plan().sampleShape == [3, 8, 8])
+        }
+    }
+}
