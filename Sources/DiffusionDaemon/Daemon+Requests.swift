@@ -274,10 +274,16 @@ extension Daemon {
                     "name": name, "path": model.path, "layout": model.layout.rawValue,
                     "classifier": FileManager.default.fileExists(atPath: "\(model.path)/classifier/config.json"),
                 ]
-                if let config = try? model.loadUNetConfig() {
-                    entry["sample_size"] = config.sampleSize ?? NSNull()
-                    entry["in_channels"] = config.inChannels
-                    entry["class_embeddings"] = config.numClassEmbeds ?? NSNull()
+                entry["pipeline"] = index["_class_name"] ?? NSNull()
+                do {
+                    let description = try model.describe()
+                    entry["image_size"] = description.defaultImageSize
+                    entry["in_channels"] = description.sampleShape[0]
+                    entry["class_embeddings"] = description.classCount ?? NSNull()
+                    entry["text_conditioned"] = description.text != nil
+                    entry["latent_factor"] = description.latent?.factor ?? NSNull()
+                } catch {
+                    entry["problem"] = "\(error)"
                 }
                 entry["recommended_guidance_scale"] = index["recommended_guidance_scale"] ?? NSNull()
                 models.append(entry)

@@ -92,6 +92,10 @@ struct Submit: ParsableCommand {
     @Option(help: "Images.") var count: Int?
     @Option(help: "The seed.") var seed: Int?
     @Option(name: .customLong("class"), help: "A class label, one for all images or one per image (repeatable).") var classes: [Int] = []
+    @Option(help: "The prompt, for a text-conditioned model.") var prompt: String?
+    @Option(help: "The prompt CFG's unconditional pass reads (default: the empty prompt).") var negativePrompt: String?
+    @Option(help: "Image width in pixels (default: the model's).") var width: Int?
+    @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Guidance: cfg or classifier.") var guidance: String?
     @Option(help: "Guidance scale.") var scale: Double?
     @Option(help: "Queue priority, -1000...1000 (higher first).") var priority: Int?
@@ -123,6 +127,10 @@ struct Submit: ParsableCommand {
         if let count { job["count"] = count }
         if let seed { job["seed"] = seed }
         if classes.count == 1 { job["class"] = classes[0] } else if !classes.isEmpty { job["class"] = classes }
+        if let prompt { job["prompt"] = prompt }
+        if let negativePrompt { job["negative_prompt"] = negativePrompt }
+        if let width { job["width"] = width }
+        if let height { job["height"] = height }
         if let guidance { job["guidance"] = ["kind": guidance] }
         if let scale {
             var object = job["guidance"] as? [String: Any] ?? ["kind": "cfg"]
@@ -455,7 +463,10 @@ struct Models: ParsableCommand {
         if global.json { return printJSON(models) }
         for model in models {
             let classes = (model["class_embeddings"] as? Int).map { "  \($0) class embeddings" } ?? ""
-            print("\(model["name"] ?? "")  \(model["path"] ?? "")\(classes)\(model["classifier"] as? Bool == true ? "  classifier" : "")")
+            let size = (model["image_size"] as? [Int]).map { "  \($0[1])x\($0[0])" } ?? ""
+            let text = model["text_conditioned"] as? Bool == true ? "  text" : ""
+            let problem = (model["problem"] as? String).map { "  refused: \($0)" } ?? ""
+            print("\(model["name"] ?? "")  \(model["path"] ?? "")\(size)\(classes)\(text)\(model["classifier"] as? Bool == true ? "  classifier" : "")\(problem)")
         }
     }
 }
