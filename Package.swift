@@ -40,6 +40,7 @@ let package = Package(
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CPNG", linkerSettings: [.linkedLibrary("png16")]),
         .target(name: "CAffinity"),
+        .target(name: "CBLASCore", linkerSettings: [.linkedLibrary("openblas")]),
         .target(name: "CSocket"),
 
         // The plugin contract: one C header, and helpers for plugins written in Swift.
@@ -55,7 +56,7 @@ let package = Package(
         .target(name: "ScorePlugin", dependencies: ["DiffusionPluginKit"], path: "Plugins/score", swiftSettings: numericCode),
 
         // The kernel runtime: tensors, ops, thread pool, RNG, tensor file formats.
-        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity"], swiftSettings: numericCode),
+        .target(name: "DiffusionKernels", dependencies: ["COpenBLAS", "CAffinity", "CBLASCore"], swiftSettings: numericCode),
         // Models on top of the kernels: UNet2DModel and model-directory loading.
         .target(name: "DiffusionModels", dependencies: ["DiffusionKernels"], swiftSettings: numericCode),
 

@@ -1,4 +1,5 @@
 import CAffinity
+import CBLASCore
 import COpenBLAS
 import Foundation
 import Synchronization
@@ -19,6 +20,7 @@ public final class ThreadPool: @unchecked Sendable {
     public init(threadCount: Int) {
         precondition(threadCount >= 1, "a thread pool needs at least one thread")
         self.threadCount = threadCount
+        _ = dfn_blas_select_core()
         openblas_set_num_threads(1)
         let shared = SharedWork()
         self.shared = shared

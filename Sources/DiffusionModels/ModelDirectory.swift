@@ -354,6 +354,10 @@ public struct LatentSpace: Sendable, Equatable {
     /// Latents are the encoder's output times this; the decoder reads latents / it.
     public let scalingFactor: Float
     public let imageChannels: Int
+
+    public init(factor: Int, scalingFactor: Float, imageChannels: Int) {
+        (self.factor, self.scalingFactor, self.imageChannels) = (factor, scalingFactor, imageChannels)
+    }
 }
 
 /// A text-conditioned model's prompt input, as planning sees it.
@@ -362,12 +366,16 @@ public struct TextConditioning: Sendable, Equatable {
     public let maxLength: Int
     /// The width of the text states the U-Net reads.
     public let contextDim: Int
+
+    public init(maxLength: Int, contextDim: Int) { (self.maxLength, self.contextDim) = (maxLength, contextDim) }
 }
 
 /// A tokenizer and the text model reading its ids.
 public struct TextEncoder: Sendable {
     public let tokenizer: CLIPTokenizer
     public let model: CLIPTextModel
+
+    public init(tokenizer: CLIPTokenizer, model: CLIPTextModel) { (self.tokenizer, self.model) = (tokenizer, model) }
 
     /// The text states of `prompts`, channel-major `[n, hidden, tokens, 1]`.
     public func encode(_ prompts: [String], on runtime: KernelRuntime) throws -> Tensor {

@@ -12,6 +12,8 @@ struct BenchOptions {
     var queueJobs = 10_000
     var daemonOnly = false
     var soakKills: Int?
+    var measureStableDiffusion: String?
+    var stableDiffusionOnly = false
 
     static let usage = """
         usage: diffusion-bench [--threads N] [--batches 1,8] [--iterations N] [--config PATH] [--python PATH]
@@ -20,6 +22,7 @@ struct BenchOptions {
           --queue-jobs  jobs the queue-load measurement submits (default 10000)
           --daemon-only  only the daemon's measurements (queue load, batching)
           --soak KILLS  only the crash soak: kill -9 the daemon KILLS times while it renders 20 jobs
+          --sd-only  only the Stable Diffusion 1.5 section (U-Net, decoder, whole render against PyTorch)
         """
 
     static func parse(_ arguments: ArraySlice<String>) -> BenchOptions {
@@ -43,6 +46,8 @@ struct BenchOptions {
             case "--queue-jobs": options.queueJobs = number(flag)
             case "--daemon-only": options.daemonOnly = true
             case "--soak": options.soakKills = number(flag)
+            case "--measure-sd": options.measureStableDiffusion = value(flag)
+            case "--sd-only": options.stableDiffusionOnly = true
             case "--batches":
                 let list = value(flag).split(separator: ",").compactMap { Int($0) }
                 guard !list.isEmpty, list.allSatisfy({ $0 > 0 }) else { fail("--batches takes a list such as 1,8") }

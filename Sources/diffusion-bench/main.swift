@@ -4,7 +4,8 @@
 // a child process of its own, so that its peak RSS is its own. Then it times
 // whole render steps on the same model, to show what the sampler and guidance
 // plugins cost beside the U-Net, and the daemon under load: submit latency with
-// a growing queue, and the gain of batching compatible jobs.
+// a growing queue, and the gain of batching compatible jobs; and Stable
+// Diffusion 1.5's U-Net, decoder and whole render beside PyTorch's.
 import Foundation
 
 let options = BenchOptions.parse(CommandLine.arguments.dropFirst())
@@ -12,10 +13,15 @@ if let kills = options.soakKills {
     try runSoak(kills: kills, options: options)
 } else if let batch = options.measureBatch {
     print(try measureKernelRuntime(batch: batch, options: options).json)
+} else if let part = options.measureStableDiffusion {
+    print(String(decoding: try JSONEncoder().encode(try StableDiffusionBench.measure(part, options: options)), as: UTF8.self))
+} else if options.stableDiffusionOnly {
+    StableDiffusionBench.runComparison(options)
 } else {
     if !options.daemonOnly {
         runComparison(options)
         try runStepOverhead(options)
+        StableDiffusionBench.runComparison(options)
     }
     try runDaemonBench(options)
 }
