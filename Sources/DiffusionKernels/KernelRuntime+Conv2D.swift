@@ -30,7 +30,7 @@ extension KernelRuntime {
                      "convolution of \(layer.inChannels) channels applied to \(input.shape)")
         let batch = input.shape[0]
         let scale = upsampleInput ? 2 : 1
-        if layer.winogradWeight != nil {
+        if Winograd.applies(to: layer, height: input.shape[2] * scale, width: input.shape[3] * scale) {
             return winogradConv2d(input, layer, upsampleInput: upsampleInput, epilogue: epilogue)
         }
         let geometry = ConvGeometry(
@@ -71,7 +71,7 @@ extension KernelRuntime {
             let c = output.data + image * outputImage + rows.lowerBound * pixels + columns.lowerBound
             cblas_sgemm(
                 CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows.count), Int32(columns.count), Int32(depth),
-                1, layer.weight!.data + rows.lowerBound * depth, Int32(depth), b, Int32(ldb), 0, c, Int32(pixels))
+                1, layer.weight.data + rows.lowerBound * depth, Int32(depth), b, Int32(ldb), 0, c, Int32(pixels))
             applyEpilogue(
                 epilogue, layer: layer, image: image, rows: rows, columns: columns, pixels: pixels, output: c,
                 residual: epilogue.residual.map { $0.data + (c - output.data) })
@@ -203,7 +203,6 @@ extension KernelRuntime {
     public func conv2dInputGradient(_ outputGradient: Tensor, _ layer: Conv2DLayer, inputHeight: Int, inputWidth: Int)
         -> Tensor
     {
-        precondition(layer.weight != nil, "the input gradient of a convolution loaded without keepsWeight")
         let batch = outputGradient.shape[0]
         let geometry = ConvGeometry(
             inChannels: layer.inChannels, inHeight: inputHeight, inWidth: inputWidth, kernelHeight: layer.kernelHeight,
@@ -217,7 +216,7 @@ extension KernelRuntime {
         pool.parallelFor(batch) { image, worker in
             let columns = scratch(worker: worker, count: depth * pixels)
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(depth), Int32(pixels), Int32(layer.outChannels), 1,
-                        layer.weight!.data, Int32(depth), outputGradient.data + image * outputGradient.sliceCount,
+                        layer.weight.data, Int32(depth), outputGradient.data + image * outputGradient.sliceCount,
                         Int32(pixels), 0, columns, Int32(pixels))
             geometry.col2im(columns, into: result.data + image * result.sliceCount)
         }

@@ -11,10 +11,14 @@ import COpenBLAS
 /// The work is cut by shape only, as everywhere: one task per (image, channel)
 /// for the transforms and one per (image, position) for the GEMMs.
 enum Winograd {
-    /// The channels in and out a 3x3 layer needs to take this path: with fewer
-    /// the transforms cost more than they save (measured on a 16-64 channel 28x28
-    /// U-Net, im2col renders 35% faster). The path depends on the layer alone.
-    static let minimumChannels = 64
+    /// Whether a convolution takes this path: 3x3, stride 1, padding 1, and an
+    /// image and channel counts large enough for the 16 tile GEMMs to be efficient
+    /// (with fewer channels the transforms cost more than they save: measured on a
+    /// 16-64 channel 28x28 U-Net, im2col renders 35% faster).
+    static func applies(to layer: Conv2DLayer, height: Int, width: Int) -> Bool {
+        layer.winogradWeight != nil && layer.padding == .uniform(1) && height * width >= 256
+            && layer.inChannels >= 64 && layer.outChannels >= 64
+    }
 
     /// G g Gᵀ for every (out, in) filter, stored as 16 matrices `[out, in]`.
     static func transformWeights(_ weight: Tensor) -> Tensor {

@@ -15,42 +15,29 @@ public struct Padding: Sendable, Equatable {
 }
 
 /// A 2D convolution: `weight` is `[out, in, kh, kw]`, `bias` is `[out]`.
-///
-/// A layer of Winograd's shape (3x3, stride 1, padding 1, at least 64 channels
-/// in and out) keeps only its transformed filters and always takes that path:
-/// holding both forms would cost 25/9 of the weights' memory, which at Stable
-/// Diffusion's size is gigabytes. `keepsWeight` keeps the plain filters too, for
-/// the input gradient (a classifier's).
 public struct Conv2DLayer: Sendable {
-    /// The filters as stored; nil for a layer that runs by Winograd only.
-    public let weight: Tensor?
-    public let shape: [Int]
+    public let weight: Tensor
     public let bias: Tensor?
     public let stride: Int
     public let padding: Padding
-    /// For Winograd-shaped layers, the weights transformed for F(2x2, 3x3).
+    /// For 3x3 stride-1 filters, the weights transformed for Winograd's F(2x2, 3x3).
     let winogradWeight: Tensor?
 
-    public init(weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding, keepsWeight: Bool = false) {
+    public init(weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding) {
         precondition(weight.shape.count == 4, "a convolution weight is [out, in, kh, kw], not \(weight.shape)")
         precondition(bias == nil || bias!.shape == [weight.shape[0]], "bias \(bias!.shape) for weight \(weight.shape)")
-        shape = weight.shape
+        self.weight = weight
         self.bias = bias
         self.stride = stride
         self.padding = padding
-        let isWinogradShape = weight.shape[2] == 3 && weight.shape[3] == 3 && stride == 1 && padding == .uniform(1)
-            && weight.shape[0] >= Winograd.minimumChannels && weight.shape[1] >= Winograd.minimumChannels
+        let isWinogradShape = weight.shape[2] == 3 && weight.shape[3] == 3 && stride == 1
         winogradWeight = isWinogradShape ? Winograd.transformWeights(weight) : nil
-        self.weight = isWinogradShape && !keepsWeight ? nil : weight
     }
 
-    public var outChannels: Int { shape[0] }
-    public var inChannels: Int { shape[1] }
-    public var kernelHeight: Int { shape[2] }
-    public var kernelWidth: Int { shape[3] }
-
-    /// The bytes its filters take in memory.
-    public var bytes: Int { 4 * ((weight?.count ?? 0) + (winogradWeight?.count ?? 0) + (bias?.count ?? 0)) }
+    public var outChannels: Int { weight.shape[0] }
+    public var inChannels: Int { weight.shape[1] }
+    public var kernelHeight: Int { weight.shape[2] }
+    public var kernelWidth: Int { weight.shape[3] }
 }
 
 /// A fully connected layer: `weight` is `[out, in]`, `bias` is `[out]`.

@@ -52,7 +52,6 @@ public final class TimeConditionedClassifier: NoisyClassifier {
         try reader.rejectUnknownKeys()
 
         var w = WeightReader(source: weights)
-        w.keepsConvolutionWeights = true  // its input gradient runs the convolutions backwards
         let timeDim = 4 * channels[0]
         timeLinear1 = try w.linear("time_embedding.linear_1", in: channels[0], out: timeDim)
         timeLinear2 = try w.linear("time_embedding.linear_2", in: timeDim, out: timeDim)

@@ -5,8 +5,6 @@ import DiffusionKernels
 struct WeightReader {
     let source: any WeightSource
     private var used: Set<String> = []
-    /// Keep convolutions' plain filters beside their Winograd form (for input gradients).
-    var keepsConvolutionWeights = false
 
     init(source: any WeightSource) { self.source = source }
 
@@ -44,8 +42,7 @@ struct WeightReader {
     {
         Conv2DLayer(
             weight: try tensor("\(prefix).weight", shape: [out, inChannels, kernel, kernel]),
-            bias: try tensor("\(prefix).bias", shape: [out]), stride: stride, padding: padding,
-            keepsWeight: keepsConvolutionWeights)
+            bias: try tensor("\(prefix).bias", shape: [out]), stride: stride, padding: padding)
     }
 
     mutating func linear(_ prefix: String, in inFeatures: Int, out: Int) throws -> LinearLayer {

@@ -22,8 +22,7 @@ import Testing
         let s = Self.shapes[index]
         let input = Reference.random([2, s.channels, s.size, s.size], seed: 1)
         let layer = Conv2DLayer(weight: Reference.random([s.channels + 2, s.channels, s.kernel, s.kernel], seed: 2, scale: 0.2),
-                                bias: Reference.random([s.channels + 2], seed: 3), stride: s.stride, padding: s.padding,
-                                keepsWeight: true)
+                                bias: Reference.random([s.channels + 2], seed: 3), stride: s.stride, padding: s.padding)
         let output = runtime.conv2d(input, layer, upsampleInput: s.upsample)
         #expect(Reference.maxError(output, Reference.conv2d(input, layer, upsample: s.upsample)) < 1e-4)
     }
@@ -32,7 +31,7 @@ import Testing
         // 64 channels at 16x16: the Winograd path's epilogue.
         let input = Reference.random([2, 64, 16, 16], seed: 4)
         let layer = Conv2DLayer(weight: Reference.random([64, 64, 3, 3], seed: 5, scale: 0.1), bias: Reference.random([64], seed: 6),
-                                padding: .uniform(1), keepsWeight: true)
+                                padding: .uniform(1))
         let channelBias = Reference.random([2, 64], seed: 7)
         let residual = Reference.random([2, 64, 16, 16], seed: 8)
         let output = runtime.conv2d(input, layer, epilogue: ConvEpilogue(channelBias: channelBias, residual: residual,

@@ -16,7 +16,6 @@ enum Reference {
         let (kh, kw, s, p) = (layer.kernelHeight, layer.kernelWidth, layer.stride, layer.padding)
         let oh = (h + p.top + p.bottom - kh) / s + 1, ow = (w + p.left + p.right - kw) / s + 1
         var out = [Double](repeating: 0, count: batch * layer.outChannels * oh * ow)
-        let weight = layer.weight!
         func pixel(_ b: Int, _ c: Int, _ y: Int, _ xx: Int) -> Double {
             guard y >= 0, y < h, xx >= 0, xx < w else { return 0 }
             let (sy, sx) = upsample ? (y / 2, xx / 2) : (y, xx)
@@ -25,7 +24,7 @@ enum Reference {
         for b in 0..<batch { for o in 0..<layer.outChannels { for y in 0..<oh { for xx in 0..<ow {
             var acc = Double(layer.bias?.data[o] ?? 0)
             for c in 0..<cin { for ky in 0..<kh { for kx in 0..<kw {
-                acc += Double(weight.data[((o * cin + c) * kh + ky) * kw + kx])
+                acc += Double(layer.weight.data[((o * cin + c) * kh + ky) * kw + kx])
                     * pixel(b, c, y * s + ky - p.top, xx * s + kx - p.left)
             } } }
             out[((b * layer.outChannels + o) * oh + y) * ow + xx] = acc
