@@ -9,8 +9,8 @@ import Synchronization
 public final class KernelRuntime: @unchecked Sendable {
     public let pool: ThreadPool
     private let scratch: [ScratchBuffer]
-    /// Whole-op temporaries (Winograd's transformed tiles), reused across calls.
-    private let workspace = [ScratchBuffer(), ScratchBuffer()]
+    /// Whole-op temporaries (Winograd's transformed tiles, products and filters), reused across calls.
+    private let workspace = [ScratchBuffer(), ScratchBuffer(), ScratchBuffer()]
     private let flops = Atomic<Int>(0)
 
     public init(threadCount: Int) {
@@ -28,7 +28,7 @@ public final class KernelRuntime: @unchecked Sendable {
         flops.wrappingAdd(2 * m * n * k, ordering: .relaxed)
     }
 
-    /// Temporary `slot` (0 or 1) of at least `count` floats, for one op at a time;
+    /// Temporary `slot` (0, 1 or 2) of at least `count` floats, for one op at a time;
     /// reusing it spares the page faults of fresh allocations on every call.
     func workspace(_ slot: Int, count: Int) -> UnsafeMutablePointer<Float> {
         workspace[slot].reserve(count)

@@ -20,8 +20,8 @@ public struct Conv2DLayer: Sendable {
     public let bias: Tensor?
     public let stride: Int
     public let padding: Padding
-    /// For 3x3 stride-1 filters, the weights transformed for Winograd's F(2x2, 3x3).
-    let winogradWeight: Tensor?
+    /// 3x3 stride 1: Winograd's F(2x2, 3x3) may run it.
+    let isWinogradShape: Bool
 
     public init(weight: Tensor, bias: Tensor?, stride: Int = 1, padding: Padding) {
         precondition(weight.shape.count == 4, "a convolution weight is [out, in, kh, kw], not \(weight.shape)")
@@ -30,8 +30,7 @@ public struct Conv2DLayer: Sendable {
         self.bias = bias
         self.stride = stride
         self.padding = padding
-        let isWinogradShape = weight.shape[2] == 3 && weight.shape[3] == 3 && stride == 1
-        winogradWeight = isWinogradShape ? Winograd.transformWeights(weight) : nil
+        isWinogradShape = weight.shape[2] == 3 && weight.shape[3] == 3 && stride == 1
     }
 
     public var outChannels: Int { weight.shape[0] }
