@@ -77,7 +77,8 @@ final class DPMSolverInstance: SamplerInstance {
               generators: UnsafePointer<OpaquePointer?>?) throws
     {
         guard let plan, plan.timesteps.indices.contains(index) else { throw PluginError("step \(index) before set_timesteps planned it") }
-        guard lowerOrderSteps == min(index, order) else { throw PluginError("step \(index) out of order: steps must run in order") }
+        // a fresh state may start part-way (image-to-image), as diffusers' begin_index: first order, no corrector
+        guard lowerOrderSteps <= min(index, order) else { throw PluginError("step \(index) out of order: steps must run in order") }
         let n = plan.timesteps.count
         let count = images * size
         let finalLower = index == n - 1 && (eulerAtFinal || (lowerOrderFinal && n < 15) || plan.finalSigmaIsZero)

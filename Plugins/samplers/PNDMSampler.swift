@@ -85,6 +85,10 @@ final class PNDMInstance: SamplerInstance {
               generators: UnsafePointer<OpaquePointer?>?) throws
     {
         guard timesteps.indices.contains(index) else { throw PluginError("evaluation \(index) before set_timesteps planned it") }
+        // every evaluation after the first reads what earlier ones left
+        guard index == 0 || !(history.isEmpty && startSample.isEmpty && runningOutput.isEmpty) else {
+            throw PluginError("pndm cannot start part-way through its schedule (image-to-image): give another sampler, e.g. \"sampler\": \"ddim\"")
+        }
         let count = images * size
         let model = Array(UnsafeBufferPointer(start: output, count: count))
         let x = Array(UnsafeBufferPointer(start: sample, count: count))

@@ -116,7 +116,8 @@ final class UniPCInstance: SamplerInstance {
               generators: UnsafePointer<OpaquePointer?>?) throws
     {
         guard let plan, plan.timesteps.indices.contains(index) else { throw PluginError("step \(index) before set_timesteps planned it") }
-        guard lowerOrderSteps == min(index, order) else { throw PluginError("step \(index) out of order: steps must run in order") }
+        // a fresh state may start part-way (image-to-image), as diffusers' begin_index: first order, no corrector
+        guard lowerOrderSteps <= min(index, order) else { throw PluginError("step \(index) out of order: steps must run in order") }
         let count = images * size
         // 1. the model output as x̂₀ (or ε when predict_x0 is false)
         var x0 = [Float](repeating: 0, count: count), epsilon = [Float](repeating: 0, count: count)

@@ -82,11 +82,22 @@ int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint3
     return 0;
 }
 
-int dfn_png_read(const char *path, uint8_t *pixels, size_t capacity, uint32_t *width,
-                 uint32_t *height, int *channels, char *error, size_t error_size) {
-    FILE *file = fopen(path, "rb");
-    if (file == NULL) return fail_errno(error, error_size, "cannot open", path);
+/// Where a read takes its bytes: a file, or a buffer in memory.
+struct png_source {
+    FILE *file;
+    const uint8_t *bytes;
+    size_t size, offset;
+};
 
+static void read_memory(png_structp png, png_bytep out, size_t count) {
+    struct png_source *source = png_get_io_ptr(png);
+    if (count > source->size - source->offset) png_error(png, "truncated PNG data");
+    memcpy(out, source->bytes + source->offset, count);
+    source->offset += count;
+}
+
+static int read_png(struct png_source *source, uint8_t *pixels, size_t capacity, uint32_t *width,
+                    uint32_t *height, int *channels, char *error, size_t error_size) {
     struct shim_error shim_error = {error, error_size};
     png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &shim_error, on_png_error,
                                              on_png_warning);
@@ -94,15 +105,17 @@ int dfn_png_read(const char *path, uint8_t *pixels, size_t capacity, uint32_t *w
     if (info == NULL) {
         snprintf(error, error_size, "libpng: out of memory");
         png_destroy_read_struct(&png, NULL, NULL);
-        fclose(file);
         return -1;
     }
     if (setjmp(png_jmpbuf(png))) {
         png_destroy_read_struct(&png, &info, NULL);
-        fclose(file);
         return -1;
     }
-    png_init_io(png, file);
+    if (source->file != NULL) {
+        png_init_io(png, source->file);
+    } else {
+        png_set_read_fn(png, source, read_memory);
+    }
     png_read_info(png, info);
     if (png_get_bit_depth(png, info) != 8 || png_get_color_type(png, info) == PNG_COLOR_TYPE_PALETTE) {
         png_error(png, "only 8-bit grey, RGB and RGBA images are read");
@@ -119,6 +132,22 @@ int dfn_png_read(const char *path, uint8_t *pixels, size_t capacity, uint32_t *w
         png_read_end(png, NULL);
     }
     png_destroy_read_struct(&png, &info, NULL);
-    fclose(file);
     return 0;
+}
+
+int dfn_png_read(const char *path, uint8_t *pixels, size_t capacity, uint32_t *width,
+                 uint32_t *height, int *channels, char *error, size_t error_size) {
+    FILE *file = fopen(path, "rb");
+    if (file == NULL) return fail_errno(error, error_size, "cannot open", path);
+    struct png_source source = {file, NULL, 0, 0};
+    int status = read_png(&source, pixels, capacity, width, height, channels, error, error_size);
+    fclose(file);
+    return status;
+}
+
+int dfn_png_read_memory(const uint8_t *bytes, size_t size, uint8_t *pixels, size_t capacity,
+                        uint32_t *width, uint32_t *height, int *channels, char *error,
+                        size_t error_size) {
+    struct png_source source = {NULL, bytes, size, 0};
+    return read_png(&source, pixels, capacity, width, height, channels, error, error_size);
 }

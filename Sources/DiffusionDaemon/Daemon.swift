@@ -326,6 +326,9 @@ public final class Daemon {
         if case .path? = job.initNoise {
             throw DiffusionError("\(label): init_noise must be inline ({\"npy_base64\": ...}); the daemon opens no file a job names")
         }
+        if case .path? = job.initImage {
+            throw DiffusionError("\(label): init_image must be inline ({\"png_base64\": ...}); the daemon opens no file a job names")
+        }
         if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
             throw DiffusionError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
         }

@@ -186,7 +186,8 @@ public struct ModelDirectory: Sendable {
                     throw DiffusionError("\(path): the U-Net takes \(inChannels) channels and the autoencoder makes \(autoencoder.latentChannels)")
                 }
                 latent = LatentSpace(factor: autoencoder.downsamplingFactor, scalingFactor: autoencoder.scalingFactor,
-                                     imageChannels: autoencoder.outChannels)
+                                     imageChannels: autoencoder.outChannels,
+                                     encoderChannels: autoencoder.kind == .gaussian ? autoencoder.inChannels : nil)
                 sizeMultiple! *= autoencoder.downsamplingFactor
             }
             if let contextDim = config.contextDim {
@@ -354,9 +355,13 @@ public struct LatentSpace: Sendable, Equatable {
     /// Latents are the encoder's output times this; the decoder reads latents / it.
     public let scalingFactor: Float
     public let imageChannels: Int
+    /// The channels its encoder reads, when image-to-image may start from an
+    /// image (an AutoencoderKL's: LDMPipeline's VQModel has no such pipeline).
+    public let encoderChannels: Int?
 
-    public init(factor: Int, scalingFactor: Float, imageChannels: Int) {
+    public init(factor: Int, scalingFactor: Float, imageChannels: Int, encoderChannels: Int? = nil) {
         (self.factor, self.scalingFactor, self.imageChannels) = (factor, scalingFactor, imageChannels)
+        self.encoderChannels = encoderChannels
     }
 }
 

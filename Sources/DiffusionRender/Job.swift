@@ -26,6 +26,18 @@ public struct Job: Sendable {
     /// times the autoencoder's factor for a latent model).
     public var width: Int?
     public var height: Int?
+    /// Image-to-image: the starting image (a PNG: a path for `render`, its bytes
+    /// inline for the daemon) and how much of the schedule re-draws it (0 < s ≤ 1).
+    public var initImage: InitImage?
+    public var strength: Double?
+
+    public enum InitImage: Sendable, Equatable {
+        case path(String)
+        case inline(Data)
+    }
+
+    /// diffusers' StableDiffusionImg2ImgPipeline default.
+    public static let defaultStrength = 0.8
     public var guidance: Guidance?
     /// A float32 `[count, C, H, W]` .npy used as x_T: a path (`diffusiond render`,
     /// relative to the job file) or the file's bytes (sent inline to the daemon).
@@ -52,7 +64,7 @@ public struct Job: Sendable {
     public static let keys: Set<String> = [
         "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "seed", "count", "class",
         "guidance", "init_noise", "formats", "grid_columns", "priority", "preview_every", "time_limit",
-        "prompt", "negative_prompt", "width", "height",
+        "prompt", "negative_prompt", "width", "height", "init_image", "strength",
     ]
 
     public init(model: String) { self.model = model }
@@ -124,6 +136,24 @@ public struct Job: Sendable {
         negativePrompts = try promptList("negative_prompt")
         if let raw = value("width") { width = try integer(raw, "width", 1...65_536) }
         if let raw = value("height") { height = try integer(raw, "height", 1...65_536) }
+        if let raw = value("init_image") {
+            if let path = raw as? String, !path.isEmpty {
+                initImage = .path(path)
+            } else if let inline = raw as? [String: Any], inline.count == 1, let text = inline["png_base64"] as? String,
+                      let bytes = Data(base64Encoded: text)
+            {
+                initImage = .inline(bytes)
+            } else {
+                throw fail("init_image", "a .png path or {\"png_base64\": \"...\"}")
+            }
+        }
+        if let raw = value("strength") {
+            guard let number = raw as? NSNumber, !PluginHost.isBool(number), number.doubleValue > 0, number.doubleValue <= 1 else {
+                throw fail("strength", "a number in (0, 1]")
+            }
+            guard initImage != nil else { throw fail("strength", "given with an init_image only") }
+            strength = number.doubleValue
+        }
         if let raw = value("guidance") {
             guard var object = raw as? [String: Any], let kind = object.removeValue(forKey: "kind") as? String else {
                 throw fail("guidance", "an object with a \"kind\" (cfg, classifier)")

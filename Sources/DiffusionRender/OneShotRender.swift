@@ -33,7 +33,11 @@ public struct OneShotRender {
 
     private func readJob(_ jobPath: String) throws -> (Job, base: String) {
         guard let data = FileManager.default.contents(atPath: jobPath) else { throw DiffusionError("\(jobPath): cannot read the job file") }
-        return (try Job(json: data, source: jobPath), URL(fileURLWithPath: jobPath).deletingLastPathComponent().path)
+        var job = try Job(json: data, source: jobPath)
+        let base = URL(fileURLWithPath: jobPath).deletingLastPathComponent().path
+        // an init_image path is the job file's, as init_noise's
+        if case .path(let path)? = job.initImage, !path.hasPrefix("/") { job.initImage = .path("\(base)/\(path)") }
+        return (job, base)
     }
 
     private func makePlan(_ job: Job, base: String, model: ModelDescription) throws -> RenderPlan {

@@ -69,7 +69,41 @@ public final class Render: @unchecked Sendable {
                 generator.generator.fillNormal(sample.data + image * imageValues, count: imageValues)
             }
         }
-        if plan.sampler.initNoiseSigma != 1 { sample = sample.scaled(by: Float(plan.sampler.initNoiseSigma)) }
+        if let image = plan.initImage {
+            try startFromImage(image)
+        } else if plan.sampler.initNoiseSigma != 1 {
+            sample = sample.scaled(by: Float(plan.sampler.initNoiseSigma))
+        }
+    }
+
+    /// Image-to-image (StableDiffusionImg2ImgPipeline): each image's latents are
+    /// a draw of the encoder's Gaussian (its noise from the image's own stream,
+    /// after x_T's), times scaling_factor, noised to the first evaluation run:
+    /// x = (√ᾱ·z₀ + √(1 − ᾱ)·ε) / input_scale, which is diffusers' add_noise for
+    /// samplers in x-space (input_scale 1) and in σ-space (z₀ + σε) alike.
+    private func startFromImage(_ image: Tensor) throws {
+        guard let autoencoder = model.autoencoder, let latent = model.description.latent else {
+            throw DiffusionError("init_image: this model has no image encoder")
+        }
+        let moments = try autoencoder.encode(image, on: runtime)
+        let channels = moments.shape[1] / 2
+        let plane = moments.sliceCount / moments.shape[1]
+        let size = channels * plane
+        let evaluation = evaluations[plan.firstEvaluation]
+        let (signal, noise) = (evaluation.alphaCumprod.squareRoot(), (1 - evaluation.alphaCumprod).squareRoot())
+        let start = Tensor(uninitialized: sample.shape)
+        let draw = Tensor(uninitialized: [size])
+        for (index, generator) in generators.enumerated() {
+            generator.generator.fillNormal(draw.data, count: size)
+            for i in 0..<size {
+                let logVariance = Double(min(max(moments.data[size + i], -30), 20))
+                let z0 = (Double(moments.data[i]) + Foundation.exp(0.5 * logVariance) * Double(draw.data[i])) * Double(latent.scalingFactor)
+                let epsilon = Double(sample.data[index * size + i])
+                start.data[index * size + i] = Float((signal * z0 + noise * epsilon) / evaluation.inputScale)
+            }
+        }
+        sample = start
+        completedEvaluations = plan.firstEvaluation
     }
 
     /// Plans `job` for `model` and executes the plan: `diffusiond render`, tests, benchmarks.

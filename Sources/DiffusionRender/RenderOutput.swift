@@ -139,3 +139,47 @@ public enum PNGFile {
         }
     }
 }
+
+extension PNGFile {
+    /// An 8-bit PNG's interleaved samples, from a file or from its bytes.
+    public struct Image {
+        public let pixels: [UInt8]
+        public let width: Int
+        public let height: Int
+        public let channels: Int
+    }
+
+    public static func read(path: String) throws -> Image {
+        try read(label: path) { pixels, capacity, width, height, channels, error, size in
+            dfn_png_read(path, pixels, capacity, width, height, channels, error, size)
+        }
+    }
+
+    public static func read(data: Data) throws -> Image {
+        try data.withUnsafeBytes { bytes in
+            try read(label: "PNG data") { pixels, capacity, width, height, channels, error, size in
+                dfn_png_read_memory(bytes.bindMemory(to: UInt8.self).baseAddress, bytes.count, pixels, capacity, width, height,
+                                    channels, error, size)
+            }
+        }
+    }
+
+    private static func read(
+        label: String,
+        _ call: (UnsafeMutablePointer<UInt8>?, Int, UnsafeMutablePointer<UInt32>, UnsafeMutablePointer<UInt32>,
+                 UnsafeMutablePointer<Int32>, UnsafeMutablePointer<CChar>, Int) -> Int32
+    ) throws -> Image {
+        var (width, height, channels): (UInt32, UInt32, Int32) = (0, 0, 0)
+        var error = [CChar](repeating: 0, count: 512)
+        func failure() -> DiffusionError {
+            DiffusionError("\(label): \(String(decoding: error.prefix { $0 != 0 }.map(UInt8.init), as: UTF8.self))")
+        }
+        guard call(nil, 0, &width, &height, &channels, &error, error.count) == 0 else { throw failure() }
+        guard width > 0, height > 0, Int(width) * Int(height) <= 1 << 26 else {
+            throw DiffusionError("\(label): a \(width)x\(height) image is too large to read")
+        }
+        var pixels = [UInt8](repeating: 0, count: Int(width) * Int(height) * Int(channels))
+        guard call(&pixels, pixels.count, &width, &height, &channels, &error, error.count) == 0 else { throw failure() }
+        return Image(pixels: pixels, width: Int(width), height: Int(height), channels: Int(channels))
+    }
+}

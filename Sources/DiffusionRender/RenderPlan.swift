@@ -38,6 +38,11 @@ public final class RenderPlan: @unchecked Sendable {
     public let negativePrompts: [String]?
     /// The guidance method in force: the job's, or CFG for a text model.
     public let guidanceKind: String?
+    /// Image-to-image: the encoder's input `[1, C, H, W]` in −1...1, and the first
+    /// evaluation run (the steps before it are the part of the schedule the
+    /// image stands for: diffusers' `int(steps · strength)` last steps are run).
+    public let initImage: Tensor?
+    public let firstEvaluation: Int
 
     /// The guidance scale of text-conditioned models without a
     /// recommended_guidance_scale, diffusers' StableDiffusionPipeline default.
@@ -52,7 +57,20 @@ public final class RenderPlan: @unchecked Sendable {
     public init(job: Job, model: ModelDescription, registry: PluginRegistry, limits: RenderLimits,
                 initNoise: Tensor?) throws
     {
-        let size = [job.height ?? model.defaultImageSize[0], job.width ?? model.defaultImageSize[1]]
+        var size = [job.height ?? model.defaultImageSize[0], job.width ?? model.defaultImageSize[1]]
+        var initImage: Tensor?
+        if let source = job.initImage {
+            guard let channels = model.latent?.encoderChannels else {
+                throw DiffusionError("init_image: this model has no image encoder (image-to-image needs an AutoencoderKL, as StableDiffusionPipeline's)")
+            }
+            let image = try Self.readInitImage(source)
+            if (job.width != nil && job.width != image.width) || (job.height != nil && job.height != image.height) {
+                throw DiffusionError("init_image is \(image.width)x\(image.height): leave out width and height, or give its own")
+            }
+            size = [image.height, image.width]
+            initImage = Self.encoderInput(image, channels: channels)
+        }
+        self.initImage = initImage
         if let multiple = model.sizeMultiple {
             guard size.allSatisfy({ $0 % multiple == 0 }) else {
                 throw DiffusionError("width and height must be multiples of \(multiple) pixels for this model, not \(size[1])x\(size[0])")
@@ -121,6 +139,17 @@ public final class RenderPlan: @unchecked Sendable {
         }
         try sampler.setTimesteps(job.steps, maxEvaluations: limits.maxEvaluations)
         evaluations = sampler.evaluations
+        if initImage != nil {
+            // StableDiffusionImg2ImgPipeline: the last int(steps · strength) steps
+            let strength = job.strength ?? Job.defaultStrength
+            let run = min(Int(Double(job.steps) * strength), job.steps)
+            guard run > 0 else {
+                throw DiffusionError("strength \(strength) of \(job.steps) steps runs no step: raise strength or steps")
+            }
+            firstEvaluation = evaluations.firstIndex { $0.step >= job.steps - run }!
+        } else {
+            firstEvaluation = 0
+        }
         if evaluations.contains(where: \.modelVariance), !model.predictsVariance {
             throw DiffusionError("sampler \(samplerName) reads a learned variance (variance_type), and this model predicts none (out_channels = in_channels)")
         }
@@ -183,6 +212,38 @@ public final class RenderPlan: @unchecked Sendable {
         seeds = job.seeds ?? (0..<job.count).map { _ in UInt64.random(in: 0...UInt64(Int64.max)) }
     }
 
+    static func readInitImage(_ source: Job.InitImage) throws -> PNGFile.Image {
+        do {
+            switch source {
+            case .path(let path): return try PNGFile.read(path: path)
+            case .inline(let bytes): return try PNGFile.read(data: bytes)
+            }
+        } catch let error as DiffusionError {
+            throw DiffusionError("init_image: \(error.message)")
+        }
+    }
+
+    /// 8-bit samples to −1...1 `[1, channels, H, W]`, as diffusers' image processor
+    /// normalizes them: grey copied to every channel, colour to grey by Rec. 601
+    /// luma, alpha dropped.
+    static func encoderInput(_ image: PNGFile.Image, channels: Int) -> Tensor {
+        let plane = image.width * image.height
+        let tensor = Tensor(uninitialized: [1, channels, image.height, image.width])
+        let colour = image.channels >= 3
+        for pixel in 0..<plane {
+            let base = pixel * image.channels
+            let sample = { (c: Int) in Float(image.pixels[base + c]) / 127.5 - 1 }
+            for c in 0..<channels {
+                let value: Float
+                if channels >= 3 && colour { value = sample(min(c, 2)) }
+                else if colour { value = 0.299 * sample(0) + 0.587 * sample(1) + 0.114 * sample(2) }
+                else { value = sample(0) }
+                tensor.data[c * plane + pixel] = value
+            }
+        }
+        return tensor
+    }
+
     /// The job with every default filled in, as job.json records it.
     public var resolvedJob: [String: Any] {
         var resolved: [String: Any] = [
@@ -199,6 +260,12 @@ public final class RenderPlan: @unchecked Sendable {
         } else {
             resolved["guidance"] = NSNull()
         }
+        switch job.initImage {
+        case .path(let path)?: resolved["init_image"] = path
+        case .inline?: resolved["init_image"] = "inline"
+        case nil: resolved["init_image"] = NSNull()
+        }
+        resolved["strength"] = job.initImage != nil ? job.strength ?? Job.defaultStrength : NSNull()
         resolved["prompt"] = prompts ?? NSNull()
         resolved["negative_prompt"] = negativePrompts ?? NSNull()
         resolved["width"] = sampleShape[2] * (model.latent?.factor ?? 1)

@@ -85,7 +85,7 @@ struct Submit: ParsableCommand {
         abstract: "Queue a job: a job file (docs/jobs.md), flags for the common fields, or both (flags win).")
 
     @OptionGroup var global: Global
-    @Argument(help: "A job file; an init_noise path in it is read here and sent inline.") var file: String?
+    @Argument(help: "A job file; init_noise and init_image paths in it are read here and sent inline.") var file: String?
     @Option(help: "The model's name (see `diffctl models`).") var model: String?
     @Option(help: "The sampler plugin (ddim, ddpm, ...).") var sampler: String?
     @Option(help: "Sampling steps.") var steps: Int?
@@ -94,6 +94,8 @@ struct Submit: ParsableCommand {
     @Option(name: .customLong("class"), help: "A class label, one for all images or one per image (repeatable).") var classes: [Int] = []
     @Option(help: "The prompt, for a text-conditioned model.") var prompt: String?
     @Option(help: "The prompt CFG's unconditional pass reads (default: the empty prompt).") var negativePrompt: String?
+    @Option(help: "Image-to-image: the PNG to start from (sent inline).") var image: String?
+    @Option(help: "Image-to-image: how much of the schedule re-draws the image, 0 < s <= 1 (default 0.8).") var strength: Double?
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Guidance: cfg or classifier.") var guidance: String?
@@ -112,13 +114,15 @@ struct Submit: ParsableCommand {
                   let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
             else { fail("diffctl: \(file): not a readable JSON object", code: 1) }
             job = object
-            if let path = job["init_noise"] as? String {
+            // the files a job names are read here and sent inline: the daemon opens none
+            for (key, inline) in [("init_noise", "npy_base64"), ("init_image", "png_base64")] {
+                guard let path = job[key] as? String else { continue }
                 let base = URL(fileURLWithPath: file).deletingLastPathComponent()
                 let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)
                 guard let bytes = FileManager.default.contents(atPath: url.path) else {
-                    fail("diffctl: init_noise: cannot read \(url.path)", code: 1)
+                    fail("diffctl: \(key): cannot read \(url.path)", code: 1)
                 }
-                job["init_noise"] = ["npy_base64": bytes.base64EncodedString()]
+                job[key] = [inline: bytes.base64EncodedString()]
             }
         }
         if let model { job["model"] = model }
@@ -129,6 +133,11 @@ struct Submit: ParsableCommand {
         if classes.count == 1 { job["class"] = classes[0] } else if !classes.isEmpty { job["class"] = classes }
         if let prompt { job["prompt"] = prompt }
         if let negativePrompt { job["negative_prompt"] = negativePrompt }
+        if let image {
+            guard let bytes = FileManager.default.contents(atPath: image) else { fail("diffctl: --image: cannot read \(image)", code: 1) }
+            job["init_image"] = ["png_base64": bytes.base64EncodedString()]
+        }
+        if let strength { job["strength"] = strength }
         if let width { job["width"] = width }
         if let height { job["height"] = height }
         if let guidance { job["guidance"] = ["kind": guidance] }

@@ -46,6 +46,20 @@ import Testing
         try daemon.wait(for: spoolID, state: "succeeded", seconds: 120)
         #expect(FileManager.default.fileExists(atPath: "\(daemon.state)/outputs/\(spoolID)/latents.npy"))
 
+        // image-to-image from a PNG diffctl reads and sends inline; PNDM (SD 1.x's scheduler) cannot start part-way
+        let png = "\(Self.fixtures)/sd1-tiny/init.png"
+        let edited = try daemon.diffctl(["submit", "--json", "--model", "sd1-tiny", "--steps", "5", "--seed", "3", "--prompt", "boots",
+                                         "--image", png, "--strength", "0.6", "--sampler", "euler"])
+        let editID = try #require((edited.json as? [String: Any])?["id"] as? String, "\(edited.stderr)")
+        try daemon.wait(for: editID, state: "succeeded", seconds: 120)
+        let editJob = try JSONSerialization.jsonObject(
+            with: Data(contentsOf: URL(fileURLWithPath: "\(daemon.state)/outputs/\(editID)/job.json"))) as? [String: Any]
+        #expect(editJob?["init_image"] as? String == "inline" && editJob?["strength"] as? Double == 0.6)
+        let pndm = try daemon.diffctl(["submit", "--json", "--model", "sd1-tiny", "--steps", "5", "--prompt", "boots", "--image", png])
+        let pndmID = try #require((pndm.json as? [String: Any])?["id"] as? String, "\(pndm.stderr)")
+        let failed = try daemon.wait(for: pndmID, state: "failed", seconds: 120)
+        #expect("\(failed)".contains("pndm cannot start part-way through its schedule"), "\(failed)")
+
         let refused = try daemon.call(["verb": "submit", "job": ["model": "sd1-tiny", "steps": 2]])
         #expect(refused["error"] as? String == "job: this model is text-conditioned: give \"prompt\"", "\(refused)")
         let models = try daemon.diffctl(["models"])

@@ -8,10 +8,12 @@ import Testing
 /// (tools/reference/make_latent_fixtures.py): StableDiffusionPipeline in SD 1.x's
 /// form (PNDM from the scheduler class, CFG at the default 7.5, a negative prompt
 /// per image) and 2.x's (v-prediction DDIM, fp16 variant files, `!` padding),
-/// and LDMPipeline (VQModel); the decoder's output before clamping.
+/// and LDMPipeline (VQModel); and StableDiffusionImg2ImgPipeline from a PNG with
+/// ddim, euler and dpmsolver++. The decoder's output before clamping.
 @Suite struct LatentRenderTests {
     static let root = "\(TestSupport.packageRoot)/Tests/LatentFixtures"
-    static let cases = [("sd1-tiny", "render-cfg"), ("sd2-tiny", "render-cfg"), ("ldm-tiny", "render")]
+    static let cases = [("sd1-tiny", "render-cfg"), ("sd2-tiny", "render-cfg"), ("ldm-tiny", "render"),
+                        ("sd2-tiny", "img2img-ddim"), ("sd1-tiny", "img2img-euler"), ("sd1-tiny", "img2img-dpm")]
 
     struct Info: Decodable { let cases: [String: Case] }
     struct Case: Decodable { let diffusers_f32_max_abs_deviation: Double; let tolerance: Double }
@@ -62,6 +64,14 @@ import Testing
         (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "width": 18}"#, "width and height must be multiples of 4 pixels for this model, not 18x16"),
         (#"{"model": "sd1-tiny", "steps": 2, "prompt": ["x", "y"]}"#, "job: prompt must be a string or a list of count (1) strings"),
         (#"{"model": "ldm-tiny", "steps": 2, "formats": ["latents", "png"]}"#, nil),
+        (#"{"model": "ldm-tiny", "steps": 2, "init_image": "\#(root)/sd1-tiny/init.png"}"#,
+         "init_image: this model has no image encoder (image-to-image needs an AutoencoderKL, as StableDiffusionPipeline's)"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "strength": 0.5}"#, "job: strength must be given with an init_image only"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "init_image": "\#(root)/sd1-tiny/init.png", "width": 32}"#,
+         "init_image is 16x16: leave out width and height, or give its own"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "init_image": "\#(root)/sd1-tiny/init.png", "strength": 0.1}"#,
+         "strength 0.1 of 2 steps runs no step: raise strength or steps"),
+        (#"{"model": "sd1-tiny", "steps": 2, "prompt": "x", "init_image": "\#(root)/sd1-tiny/cases.json"}"#, nil),
     ] as [(String, String?)])
     func jobsAreCheckedAgainstTheModel(_ json: String, _ message: String?) throws {
         func plan() throws -> RenderPlan {
@@ -71,6 +81,8 @@ import Testing
         }
         if let message {
             #expect(throws: DiffusionError(message)) { try plan() }
+        } else if json.contains("cases.json") {
+            #expect(throws: (any Error).self) { try plan() }  // not a PNG: libpng's own line
         } else {
             #expect(try plan().sampleShape == [3, 8, 8])
         }

@@ -18,6 +18,9 @@ with transformers' and diffusers' outputs for each component and for whole rende
 - Whole renders from a given x_T, by diffusers' own pipelines (CFG, a negative
   prompt), the decoder's output before clamping.
 
+(tokenizers' BPE trainer may order merges of equal count differently from run
+to run: every fixture is regenerated together, so they always agree.)
+
 Every reference is float64 beside diffusers' float32 run; each tolerance is
 twice that deviation plus 1e-5 (components) or max(2e-3, 2x) (renders).
 
@@ -35,12 +38,18 @@ import torch
 import diffusers
 import transformers
 import tokenizers
-from diffusers import (AutoencoderKL, DDIMScheduler, LDMPipeline, PNDMScheduler, StableDiffusionPipeline,
-                       UNet2DConditionModel, UNet2DModel, VQModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, LDMPipeline,
+                       PNDMScheduler, StableDiffusionImg2ImgPipeline, StableDiffusionPipeline, UNet2DConditionModel,
+                       UNet2DModel, VQModel)
+import diffusers.models.autoencoders.vae as vae_module
+import diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img as img2img_module
+from PIL import Image
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from make_sampler_fixtures import Philox
 
 OUT = pathlib.Path("Tests/LatentFixtures")
 MADE_WITH = (f"diffusers {diffusers.__version__}, transformers {transformers.__version__}, "
@@ -237,6 +246,45 @@ def sd_render(directory, variant, prompt, negative, steps, scale):
     return run
 
 
+def img2img_render(directory, variant, scheduler_class, prompts, negatives, steps, scale, strength, seeds):
+    """StableDiffusionImg2ImgPipeline from init.png with one generator per image,
+    as the host keeps one stream per image: each image's posterior sample is the
+    normals of the host's stream for its seed (drawn after x_T, which the job
+    gives), the noise added to it is the job's init_noise."""
+    def run(dtype, x):
+        pipe = StableDiffusionImg2ImgPipeline.from_pretrained(directory, torch_dtype=torch.float32, variant=variant,
+                                                              safety_checker=None, requires_safety_checker=False)
+        if scheduler_class is not None:
+            pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
+        pipe = pipe.to(dtype)
+        pipe.set_progress_bar_config(disable=True)
+        generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        streams = {id(g): Philox(seed) for g, seed in zip(generators, seeds)}
+
+        def host_noise(shape, generator=None, device=None, dtype=None, layout=None):
+            if isinstance(generator, list):  # the noise add_noise mixes in: the job's init_noise
+                return x.to(dtype)
+            values = [streams[id(generator)].normal() for _ in range(int(np.prod(shape)))]
+            return torch.tensor(values, dtype=torch.float64).reshape(shape).to(dtype)
+
+        vae_module.randn_tensor = img2img_module.randn_tensor = host_noise
+        with torch.no_grad():
+            latents = pipe(prompt=prompts, negative_prompt=negatives, image=Image.open(directory / "init.png"),
+                           strength=strength, num_inference_steps=steps, guidance_scale=scale, generator=generators,
+                           output_type="latent").images
+            return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+    return run
+
+
+def init_image(directory, generator):
+    """A 16x16 RGB picture: a gradient with a bright square and noise."""
+    y, x = np.mgrid[0:16, 0:16]
+    image = np.stack([x * 16, y * 16, 255 - x * 8], axis=-1).astype(np.float64)
+    image[4:10, 5:12] = [250, 240, 30]
+    image += torch.randn(16, 16, 3, generator=generator).numpy() * 12
+    Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB").save(directory / "init.png")
+
+
 def ldm_render(directory, steps):
     """LDMPipeline's loop (which draws its own x_T) from a given x_T."""
     def run(dtype, x):
@@ -339,7 +387,22 @@ def main():
                         sd_render(directory, "fp16", ["Boots, on a shelf!"] * 2, ["low quality"] * 2, 6, 5.0),
                         {"model": "sd2-tiny", "steps": 6, "count": 2, "seed": [3, 4], "prompt": "Boots, on a shelf!",
                          "negative_prompt": "low quality", "guidance": {"kind": "cfg", "scale": 5.0}})
-        else:
+        if directory != ldm:
+            init_image(directory, generator)
+        if directory == sd2:
+            render_case(directory, summary, "img2img-ddim", torch.randn(2, 4, 8, 8, generator=generator),
+                        img2img_render(directory, "fp16", None, ["a bag", "a red bag"], ["", "blurry"], 10, 5.0, 0.6, [7, 8]),
+                        {"model": "sd2-tiny", "steps": 10, "count": 2, "seed": [7, 8], "prompt": ["a bag", "a red bag"],
+                         "negative_prompt": ["", "blurry"], "guidance": {"kind": "cfg", "scale": 5.0},
+                         "init_image": "init.png", "strength": 0.6})
+        if directory == sd1:
+            for name, kind, sampler, strength in [("img2img-euler", EulerDiscreteScheduler, "euler", 0.75),
+                                                  ("img2img-dpm", DPMSolverMultistepScheduler, "dpmsolver++", 0.5)]:
+                render_case(directory, summary, name, torch.randn(2, 4, 8, 8, generator=generator),
+                            img2img_render(directory, None, kind, ["boots"] * 2, [""] * 2, 8, 7.5, strength, [9, 10]),
+                            {"model": "sd1-tiny", "steps": 8, "count": 2, "seed": [9, 10], "prompt": "boots",
+                             "sampler": sampler, "init_image": "init.png", "strength": strength})
+        if directory == ldm:
             x = torch.randn(2, 3, 8, 8, generator=generator)
             render_case(directory, summary, "render", x, ldm_render(directory, 6),
                         {"model": "ldm-tiny", "steps": 6, "count": 2, "seed": [5, 6]})

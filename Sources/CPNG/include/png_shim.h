@@ -28,6 +28,11 @@ int dfn_png_write(const char *path, const uint8_t *pixels, uint32_t width, uint3
 int dfn_png_read(const char *path, uint8_t *pixels, size_t capacity, uint32_t *width,
                  uint32_t *height, int *channels, char *error, size_t error_size);
 
+/// `dfn_png_read` of a PNG file's `size` bytes in memory.
+int dfn_png_read_memory(const uint8_t *bytes, size_t size, uint8_t *pixels, size_t capacity,
+                        uint32_t *width, uint32_t *height, int *channels, char *error,
+                        size_t error_size);
+
 #ifdef __cplusplus
 }
 #endif
