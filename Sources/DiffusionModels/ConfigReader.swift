@@ -92,6 +92,30 @@ struct ConfigReader {
 }
 
 extension ConfigReader {
+    /// A reader of config.json's object.
+    init(json data: Data, source: String) throws {
+        guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
+            throw DiffusionError("\(source): not a JSON object")
+        }
+        self.init(keys: keys, source: source)
+    }
+
+    /// `sample_size` as `[height, width]`: one number for both, or a pair (nil when absent or null).
+    mutating func sampleSize() throws -> [Int]? {
+        guard let size = value("sample_size"), !(size is NSNull) else { return nil }
+        if let one = (size as? NSNumber)?.intValue { return [one, one] }
+        if let pair = size as? [NSNumber], pair.count == 2 { return pair.map(\.intValue) }
+        throw unsupported("sample_size", size)
+    }
+
+    /// A list of names, each one of `Name`'s values (block types).
+    mutating func names<Name: RawRepresentable>(_ key: String) throws -> [Name]? where Name.RawValue == String {
+        try strings(key)?.map { name in
+            guard let value = Name(rawValue: name) else { throw unsupported(key, name) }
+            return value
+        }
+    }
+
     /// Accepts `key` when absent, null, or equal to `value`: a setting this runtime
     /// implements at its default only.
     mutating func requireDefault(_ key: String, _ value: Any) throws {

@@ -110,8 +110,9 @@ func measureKernelRuntime(batch: Int, options: BenchOptions) throws -> Measureme
         gflops: flops / best / 1e6, flops_per_image: flops / Double(batch), peak_rss_mb: Double(usage.ru_maxrss) / 1024)
 }
 
-/// Runs `executable arguments` and decodes the last line it prints.
-func measureInChild(_ executable: String, _ arguments: [String]) -> Measurement? {
+/// Runs `executable arguments` in a child process (its peak RSS its own) and
+/// decodes the last line it prints; nil when it fails.
+func measureInChild<Result: Decodable>(_ executable: String, _ arguments: [String], as: Result.Type = Measurement.self) -> Result? {
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
@@ -123,7 +124,7 @@ func measureInChild(_ executable: String, _ arguments: [String]) -> Measurement?
     guard process.terminationStatus == 0,
           let line = String(data: output, encoding: .utf8)?.split(separator: "\n").last
     else { return nil }
-    return try? JSONDecoder().decode(Measurement.self, from: Data(line.utf8))
+    return try? JSONDecoder().decode(Result.self, from: Data(line.utf8))
 }
 
 func runComparison(_ options: BenchOptions) {

@@ -104,24 +104,11 @@ enum StableDiffusionBench {
         let header = ["part", "runtime", "s min", "s median", "GFLOP/s", "peak RSS MB", "time ours/torch", "RSS ours/torch"]
         var rows: [[String]] = []
         for part in parts {
-            func child(_ executable: String, _ arguments: [String]) -> Result? {
-                let process = Process()
-                process.executableURL = URL(fileURLWithPath: executable)
-                process.arguments = arguments
-                let pipe = Pipe()
-                process.standardOutput = pipe
-                do { try process.run() } catch { return nil }
-                let output = pipe.fileHandleForReading.readDataToEndOfFile()
-                process.waitUntilExit()
-                guard process.terminationStatus == 0, let line = String(data: output, encoding: .utf8)?.split(separator: "\n").last
-                else { return nil }
-                return try? JSONDecoder().decode(Result.self, from: Data(line.utf8))
-            }
-            guard let ours = child(me, ["--measure-sd", part, "--threads", "\(options.threads)", "--iterations", "\(options.iterations)"])
+            guard let ours = measureInChild(me, ["--measure-sd", part, "--threads", "\(options.threads)", "--iterations", "\(options.iterations)"], as: Result.self)
             else { fail("the measurement of \(part) failed") }
             let torch = options.python.flatMap {
-                child($0, ["tools/bench/torch_sd.py", "--part", part, "--threads", "\(options.threads)",
-                           "--iterations", "\(min(options.iterations, 2))"])
+                measureInChild($0, ["tools/bench/torch_sd.py", "--part", part, "--threads", "\(options.threads)",
+                                    "--iterations", "\(min(options.iterations, 2))"], as: Result.self)
             }
             for result in [ours] + (torch.map { [$0] } ?? []) {
                 let isOurs = result.runtime == "diffusiond"

@@ -16,10 +16,7 @@ public struct CLIPTextConfig: Sendable, Equatable {
     public init() {}
 
     public init(json data: Data, source: String) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
-            throw DiffusionError("\(source): not a JSON object")
-        }
-        var reader = ConfigReader(keys: keys, source: source)
+        var reader = try ConfigReader(json: data, source: source)
         vocabSize = try reader.int("vocab_size") ?? vocabSize
         hiddenSize = try reader.int("hidden_size") ?? hiddenSize
         intermediateSize = try reader.int("intermediate_size") ?? intermediateSize

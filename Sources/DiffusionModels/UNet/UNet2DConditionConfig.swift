@@ -45,32 +45,15 @@ public struct UNet2DConditionConfig: Sendable, Equatable {
     public var downsamplingFactor: Int { 1 << (blockOutChannels.count - 1) }
 
     public init(json data: Data, source: String) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
-            throw DiffusionError("\(source): not a JSON object")
-        }
-        var reader = ConfigReader(keys: keys, source: source)
-        if let size = reader.value("sample_size") {
-            if let one = (size as? NSNumber)?.intValue {
-                sampleSize = [one, one]
-            } else if let pair = size as? [NSNumber], pair.count == 2 {
-                sampleSize = pair.map(\.intValue)
-            } else if !(size is NSNull) {
-                throw reader.unsupported("sample_size", size)
-            }
-        }
+        var reader = try ConfigReader(json: data, source: source)
+        sampleSize = try reader.sampleSize()
         inChannels = try reader.int("in_channels") ?? inChannels
         outChannels = try reader.int("out_channels") ?? outChannels
         centerInputSample = try reader.bool("center_input_sample") ?? centerInputSample
         flipSinToCos = try reader.bool("flip_sin_to_cos") ?? flipSinToCos
         freqShift = try reader.float("freq_shift") ?? freqShift
-        downBlockTypes = try reader.strings("down_block_types")?.map { name in
-            guard let type = DownBlock(rawValue: name) else { throw reader.unsupported("down_block_types", name) }
-            return type
-        } ?? downBlockTypes
-        upBlockTypes = try reader.strings("up_block_types")?.map { name in
-            guard let type = UpBlock(rawValue: name) else { throw reader.unsupported("up_block_types", name) }
-            return type
-        } ?? upBlockTypes
+        downBlockTypes = try reader.names("down_block_types") ?? downBlockTypes
+        upBlockTypes = try reader.names("up_block_types") ?? upBlockTypes
         try reader.require("mid_block_type", oneOf: ["UNetMidBlock2DCrossAttn"])
         blockOutChannels = try reader.ints("block_out_channels") ?? blockOutChannels
         let levels = blockOutChannels.count

@@ -66,19 +66,8 @@ public struct UNet2DConfig: Sendable, Equatable {
     public func normGroups(_ channels: Int) -> Int { normGroupsFromChannels ? min(channels / 4, 32) : normNumGroups }
 
     public init(json data: Data, source: String) throws {
-        guard let object = try? JSONSerialization.jsonObject(with: data), let keys = object as? [String: Any] else {
-            throw DiffusionError("\(source): not a JSON object")
-        }
-        var reader = ConfigReader(keys: keys, source: source)
-        if let size = reader.value("sample_size") {
-            if let one = (size as? NSNumber)?.intValue {
-                sampleSize = [one, one]
-            } else if let pair = size as? [NSNumber], pair.count == 2 {
-                sampleSize = pair.map(\.intValue)
-            } else {
-                throw reader.unsupported("sample_size", size)
-            }
-        }
+        var reader = try ConfigReader(json: data, source: source)
+        sampleSize = try reader.sampleSize()
         inChannels = try reader.int("in_channels") ?? inChannels
         outChannels = try reader.int("out_channels") ?? outChannels
         centerInputSample = try reader.bool("center_input_sample") ?? centerInputSample
@@ -86,14 +75,8 @@ public struct UNet2DConfig: Sendable, Equatable {
         timeEmbeddingDim = try reader.int("time_embedding_dim")
         freqShift = try reader.float("freq_shift") ?? freqShift
         flipSinToCos = try reader.bool("flip_sin_to_cos") ?? flipSinToCos
-        downBlockTypes = try reader.strings("down_block_types")?.map { name in
-            guard let type = DownBlock(rawValue: name) else { throw reader.unsupported("down_block_types", name) }
-            return type
-        } ?? downBlockTypes
-        upBlockTypes = try reader.strings("up_block_types")?.map { name in
-            guard let type = UpBlock(rawValue: name) else { throw reader.unsupported("up_block_types", name) }
-            return type
-        } ?? upBlockTypes
+        downBlockTypes = try reader.names("down_block_types") ?? downBlockTypes
+        upBlockTypes = try reader.names("up_block_types") ?? upBlockTypes
         switch reader.value("mid_block_type") {
         case nil, "UNetMidBlock2D" as String: hasMidBlock = true
         case is NSNull: hasMidBlock = false
@@ -107,10 +90,10 @@ public struct UNet2DConfig: Sendable, Equatable {
         try reader.require("upsample_type", oneOf: ["conv"])
         _ = try reader.float("dropout")
         try reader.require("act_fn", oneOf: ["silu", "swish"])
-        if keys["attention_head_dim"] != nil {
+        if reader.keys["attention_head_dim"] != nil {
             attentionHeadDim = try reader.int("attention_head_dim")
         }
-        normGroupsFromChannels = keys["norm_num_groups"] is NSNull
+        normGroupsFromChannels = reader.keys["norm_num_groups"] is NSNull
         normNumGroups = try reader.int("norm_num_groups") ?? normNumGroups
         attnNormNumGroups = try reader.int("attn_norm_num_groups")
         normEps = try reader.float("norm_eps") ?? normEps
