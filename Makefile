@@ -90,8 +90,9 @@ stage:
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 755 $(BIN)/diffusiond $(BIN)/diffctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BIN)/libdiffusion-plugin-*.so $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins/
-	rm -rf $(DESTDIR)$(PREFIX)/share/diffusiond/models/fashion-mnist
-	cp -R models/fashion-mnist $(DESTDIR)$(PREFIX)/share/diffusiond/models/
+	for model in fashion-mnist fashion-mnist-text; do \
+	  rm -rf $(DESTDIR)$(PREFIX)/share/diffusiond/models/$$model; \
+	  cp -R models/$$model $(DESTDIR)$(PREFIX)/share/diffusiond/models/; done
 	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/diffusiond/
 	[ -e $(DESTDIR)/etc/diffusiond/diffusiond.toml ] || install -m 644 etc/diffusiond.toml $(DESTDIR)/etc/diffusiond/
 	for unit in diffusiond.service diffusiond.socket; do \
@@ -121,6 +122,7 @@ fixtures:
 	tools/.venv/bin/python tools/reference/make_fixtures.py
 	tools/.venv/bin/python tools/reference/make_sampler_fixtures.py
 	PYTHONPATH=tools/reference tools/.venv/bin/python tools/reference/make_render_fixtures.py
+	tools/.venv/bin/python tools/reference/make_latent_fixtures.py
 
 clean:
 	rm -rf .build

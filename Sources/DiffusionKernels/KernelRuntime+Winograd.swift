@@ -15,6 +15,9 @@ enum Winograd {
     /// image and channel counts large enough for the 16 tile GEMMs to be efficient
     /// (with fewer channels the transforms cost more than they save: measured on a
     /// 16-64 channel 28x28 U-Net, im2col renders 35% faster).
+    /// Tiles of one band: large enough for efficient GEMMs, small enough to stay in memory.
+    static let bandTiles = 2048
+
     static func applies(to layer: Conv2DLayer, height: Int, width: Int) -> Bool {
         layer.isWinogradShape && layer.padding == .uniform(1) && height * width >= 256
             && layer.inChannels >= 64 && layer.outChannels >= 64
@@ -58,16 +61,47 @@ extension KernelRuntime {
         let (height, width) = (storedHeight * scale, storedWidth * scale)
         let (inChannels, outChannels) = (layer.inChannels, layer.outChannels)
         let (tilesY, tilesX) = ((height + 1) / 2, (width + 1) / 2)
-        let tiles = tilesY * tilesX
+        // Large images go in bands of tile rows, so the tiles' workspace stays near
+        // 16·(in + out)·2048 floats (a 512x512 decoder layer would take 1.6 GB at
+        // once); the band depends on the width alone, and splitting a GEMM's
+        // columns keeps every column's bits.
+        let bandRows = max(1, Winograd.bandTiles / tilesX)
+        let tiles = min(bandRows, tilesY) * tilesX
         let transformed = workspace(0, count: batch * 16 * inChannels * tiles)
         let products = workspace(1, count: batch * 16 * outChannels * tiles)
         let output = Tensor(uninitialized: [batch, outChannels, height, width])
         // Counted as the direct convolution it replaces, as benchmarks compare.
         countProduct(batch * outChannels, height * width, 9 * inChannels)
 
-        // 1. V = Bᵀ d B for every 4x4 input tile d (rows 2ty-1 ... 2ty+2, zero outside).
-        // Per tile row: Bᵀ combines four padded input rows with whole-row vector ops,
-        // then B combines columns 2tx-1 ... 2tx+2 of those into 16 rows of tiles.
+        // 0. U = G g Gᵀ, once for every band.
+        let pairs = outChannels * inChannels
+        let weights = workspace(2, count: 16 * pairs)
+        let chunk = 4096
+        pool.parallelFor((pairs + chunk - 1) / chunk) { task, _ in
+            Winograd.transformWeights(layer.weight.data, pairs: (task * chunk)..<min((task + 1) * chunk, pairs), count: pairs,
+                                      into: weights)
+        }
+        for firstRow in stride(from: 0, to: tilesY, by: bandRows) {
+            let bandRange = firstRow..<min(firstRow + bandRows, tilesY)
+            transformTiles(input, rows: bandRange, tilesX: tilesX, height: height, width: width, scale: scale,
+                           into: transformed)
+            multiplyTiles(weights, transformed, into: products, batch: batch, inChannels: inChannels,
+                          outChannels: outChannels, tiles: bandRange.count * tilesX)
+            writeTiles(products, rows: bandRange, tilesX: tilesX, layer: layer, epilogue: epilogue, into: output)
+        }
+        return output
+    }
+
+    /// 1. V = Bᵀ d B for every 4x4 input tile d of tile rows `rows` (input rows
+    /// 2ty-1 ... 2ty+2, zero outside). Per tile row: Bᵀ combines four padded input
+    /// rows with whole-row vector ops, then B combines columns 2tx-1 ... 2tx+2 of
+    /// those into 16 rows of tiles.
+    private func transformTiles(_ input: Tensor, rows tileRows: Range<Int>, tilesX: Int, height: Int, width: Int, scale: Int,
+                                into transformed: UnsafeMutablePointer<Float>) {
+        let (batch, inChannels) = (input.shape[0], input.shape[1])
+        let (storedHeight, storedWidth) = (input.shape[2], input.shape[3])
+        let tiles = tileRows.count * tilesX
+
         let padded = 2 * tilesX + 2
         pool.parallelFor(batch * inChannels) { task, worker in
             let (image, channel) = (task / inChannels, task % inChannels)
@@ -76,7 +110,7 @@ extension KernelRuntime {
             let stride = inChannels * tiles
             let buffer = scratch(worker: worker, count: 8 * padded)
             let rows = buffer, combined = buffer + 4 * padded
-            for ty in 0..<tilesY {
+            for ty in tileRows {
                 for r in 0..<4 {
                     let row = rows + r * padded
                     let y = 2 * ty - 1 + r
@@ -103,7 +137,7 @@ extension KernelRuntime {
                 }
                 for r in 0..<4 {
                     let t = combined + r * padded
-                    let out = destination + 4 * r * stride + ty * tilesX
+                    let out = destination + 4 * r * stride + (ty - tileRows.lowerBound) * tilesX
                     let (out1, out2, out3) = (out + stride, out + 2 * stride, out + 3 * stride)
                     // Wrapping index arithmetic: overflow checks would stop vectorization.
                     for tx in 0..<tilesX {
@@ -118,14 +152,13 @@ extension KernelRuntime {
             }
         }
 
-        // 2. U = G g Gᵀ, then M_ξ = U_ξ V_ξ for each of the 16 positions ξ.
+    }
+
+    /// 2. M_ξ = U_ξ V_ξ for each of the 16 positions ξ, per image.
+    private func multiplyTiles(_ weights: UnsafePointer<Float>, _ transformed: UnsafePointer<Float>,
+                               into products: UnsafeMutablePointer<Float>, batch: Int, inChannels: Int, outChannels: Int,
+                               tiles: Int) {
         let pairs = outChannels * inChannels
-        let weights = workspace(2, count: 16 * pairs)
-        let chunk = 4096
-        pool.parallelFor((pairs + chunk - 1) / chunk) { task, _ in
-            Winograd.transformWeights(layer.weight.data, pairs: (task * chunk)..<min((task + 1) * chunk, pairs), count: pairs,
-                                      into: weights)
-        }
         pool.parallelFor(batch * 16) { task, _ in
             let (image, position) = (task / 16, task % 16)
             cblas_sgemm(
@@ -134,10 +167,15 @@ extension KernelRuntime {
                 transformed + (image * 16 + position) * inChannels * tiles, Int32(tiles), 0,
                 products + (image * 16 + position) * outChannels * tiles, Int32(tiles))
         }
+    }
 
-        // 3. Y = Aᵀ M A per tile row: Aᵀ combines the 16 rows of tiles into 8 with
-        // vector ops (m0 + m1 + m2, m1 - m2 - m3), A then yields two output rows,
-        // and the epilogue runs as they are copied out.
+    /// 3. Y = Aᵀ M A per tile row of `rows`: Aᵀ combines the 16 rows of tiles into
+    /// 8 with vector ops (m0 + m1 + m2, m1 - m2 - m3), A then yields two output
+    /// rows, and the epilogue runs as they are copied out.
+    private func writeTiles(_ products: UnsafePointer<Float>, rows tileRows: Range<Int>, tilesX: Int, layer: Conv2DLayer,
+                            epilogue: ConvEpilogue, into output: Tensor) {
+        let (batch, outChannels, height, width) = (output.shape[0], output.shape[1], output.shape[2], output.shape[3])
+        let tiles = tileRows.count * tilesX
         let divisor = epilogue.outputScale
         pool.parallelFor(batch * outChannels) { task, worker in
             let (image, channel) = (task / outChannels, task % outChannels)
@@ -150,8 +188,8 @@ extension KernelRuntime {
             let skip = epilogue.residual.map { $0.data + offset }
             let buffer = scratch(worker: worker, count: 8 * tilesX + 2 * 2 * tilesX)
             let lines = buffer + 8 * tilesX
-            for ty in 0..<tilesY {
-                let m = source + ty * tilesX
+            for ty in tileRows {
+                let m = source + (ty - tileRows.lowerBound) * tilesX
                 for j in 0..<4 {
                     let (m0, m1, m2, m3) = (m + j * stride, m + (4 + j) * stride, m + (8 + j) * stride, m + (12 + j) * stride)
                     let (s0, s1) = (buffer + j * tilesX, buffer + (4 + j) * tilesX)
@@ -180,6 +218,5 @@ extension KernelRuntime {
                 }
             }
         }
-        return output
     }
 }

@@ -14,7 +14,8 @@ import Testing
         #expect(made.status == 0, "\(made.stderr)")
         let expected = [
             "usr/bin/diffusiond", "usr/bin/diffctl", "usr/lib/diffusiond/plugins/libdiffusion-plugin-ddim.so",
-            "usr/share/diffusiond/models/fashion-mnist/unet/config.json", "etc/diffusiond/diffusiond.toml",
+            "usr/share/diffusiond/models/fashion-mnist/unet/config.json",
+            "usr/share/diffusiond/models/fashion-mnist-text/tokenizer/vocab.json", "etc/diffusiond/diffusiond.toml",
             "usr/lib/systemd/system/diffusiond.service", "usr/lib/systemd/system/diffusiond.socket",
             "usr/lib/sysusers.d/diffusiond.conf", "usr/lib/tmpfiles.d/diffusiond.conf",
             "usr/include/diffusiond/diffusion_plugin.h", "usr/lib/pkgconfig/diffusion-plugin.pc",
