@@ -50,10 +50,11 @@ enum StableDiffusionBench {
                 _ = try render.images(of: try render.run())
             }
         }
-        try run()  // warm-up: first-touch of scratch memory
+        // a warm-up touches the scratch memory first; a whole render warms itself
+        if part != "render" { try run() }
         let before = runtime.floatingPointOperations
         var times: [Double] = []
-        for _ in 0..<min(options.iterations, 2) {
+        for _ in 0..<iterations(part, options) {
             let start = DispatchTime.now().uptimeNanoseconds
             try run()
             times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
@@ -64,6 +65,9 @@ enum StableDiffusionBench {
                       peak_rss_mb: Double(usage.ru_maxrss) / 1024,
                       flops: Double(runtime.floatingPointOperations - before) / Double(times.count))
     }
+
+    /// Runs of each part: the render, minutes long, once.
+    static func iterations(_ part: String, _ options: BenchOptions) -> Int { part == "render" ? 1 : min(options.iterations, 2) }
 
     static func config<Config>(_ parse: (Data, String) throws -> Config, _ name: String) throws -> Config {
         let path = "\(root)/\(name)/config.json"
@@ -108,7 +112,7 @@ enum StableDiffusionBench {
             else { fail("the measurement of \(part) failed") }
             let torch = options.python.flatMap {
                 measureInChild($0, ["tools/bench/torch_sd.py", "--part", part, "--threads", "\(options.threads)",
-                                    "--iterations", "\(min(options.iterations, 2))"], as: Result.self)
+                                    "--iterations", "\(iterations(part, options))"], as: Result.self)
             }
             for result in [ours] + (torch.map { [$0] } ?? []) {
                 let isOurs = result.runtime == "diffusiond"

@@ -42,3 +42,38 @@ import Testing
         #expect(worst < 1e-4 * max(scale, 1), "worst gradient error \(worst) at scale \(scale)")
     }
 }
+
+/// The text-to-image model shipped in models/fashion-mnist-text, as committed:
+/// a StableDiffusionPipeline directory diffusers itself runs
+/// (tools/train/make_text_reference.py wrote what it made).
+@Suite struct DefaultTextModelTests {
+    static let path = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("models/fashion-mnist-text").path
+
+    struct Reference: Decodable {
+        let prompts: [String]
+        let ids: [[Int]]
+        let steps: Int
+        let guidance_scale: Double
+        let init_noise: [Float]
+        let expected: [Float]
+        let diffusers_f32_max_abs_deviation: Double
+        let tolerance: Double
+    }
+
+    @Test func describesALatentTextModel() throws {
+        let description = try ModelDirectory(path: Self.path).describe()
+        #expect(description.text != nil && description.latent?.factor == 4)
+        #expect(description.defaultImageSize == [32, 32] && description.imageChannels == 1)
+        #expect(description.recommendedGuidanceScale != nil)
+    }
+
+    /// Its tokenizer gives transformers' ids (its image against diffusers' is
+    /// LatentRenderTests' `theShippedTextModelMatchesDiffusers`).
+    @Test func idsMatchTransformers() throws {
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: "\(Self.path)/reference.json")))
+        let model = try ModelDirectory(path: Self.path).load()
+        let encoder = try #require(model.textEncoder)
+        #expect(reference.prompts.map(encoder.tokenizer.encode) == reference.ids)
+    }
+}

@@ -87,4 +87,53 @@ import Testing
             #expect(try plan().sampleShape == [3, 8, 8])
         }
     }
+
+    /// The shipped text-to-image model renders what diffusers' own
+    /// StableDiffusionPipeline renders from the same x_T (tools/train/make_text_reference.py).
+    @Test func theShippedTextModelMatchesDiffusers() throws {
+        struct Reference: Decodable {
+            let prompts: [String]
+            let steps: Int
+            let guidance_scale: Double
+            let init_noise: [Float]
+            let expected: [Float]
+            let diffusers_f32_max_abs_deviation: Double
+            let tolerance: Double
+        }
+        let path = "\(TestSupport.packageRoot)/models/fashion-mnist-text"
+        let reference = try JSONDecoder().decode(Reference.self, from: Data(contentsOf: URL(fileURLWithPath: "\(path)/reference.json")))
+        var job = Job(model: path)
+        (job.steps, job.count, job.prompts, job.seeds) = (reference.steps, 2, reference.prompts, [1, 2])
+        let model = try ModelDirectory(path: path).load()
+        let render = try Render(job: job, model: model, registry: TestSupport.registry, runtime: KernelRuntime(threadCount: 2),
+                                limits: RenderLimits(), initNoise: Tensor(shape: [2, 4, 8, 8], scalars: reference.init_noise))
+        #expect(render.plan.guidanceOptions["scale"] as? Double == reference.guidance_scale)
+        let images = try render.images(of: try render.run())
+        let error = Double(images.maxAbsDifference(Tensor(shape: images.shape, scalars: reference.expected)))
+        print("shipped text model: max |ours - diffusers float64| = \(error), tolerance \(reference.tolerance) "
+              + "(diffusers float32 deviation \(reference.diffusers_f32_max_abs_deviation))")
+        #expect(error <= reference.tolerance)
+    }
+
+    /// A text job (image-to-image, so the encoder's draw is in the generators'
+    /// state too) checkpointed after any step resumes to the same bits: the text
+    /// encoder runs again when the render is made, the rest comes from the checkpoint.
+    @Test func aTextJobResumesBitIdentically() throws {
+        let json = #"{"model": "sd1-tiny", "sampler": "dpmsolver++", "steps": 6, "count": 2, "seed": 3, "prompt": ["boots", "a bag"], "negative_prompt": "blurry", "init_image": "\#(Self.root)/sd1-tiny/init.png", "strength": 0.7}"#
+        let job = try Job(json: Data(json.utf8), source: "job")
+        let model = try ModelResolver(directories: [Self.root]).load(job.model, relativeTo: nil)
+        func make() throws -> Render {
+            try Render(job: job, model: model, registry: TestSupport.registry, runtime: KernelRuntime(threadCount: 2),
+                       limits: RenderLimits(), initNoise: nil)
+        }
+        let whole = try make().run()
+        for cut in 1..<4 {
+            let first = try make()
+            for _ in 0..<cut { try first.step() }
+            let checkpoint = first.checkpoint(jobKey: "job")
+            let resumed = try make()
+            #expect(try resumed.resume(from: checkpoint, jobKey: "job"))
+            #expect(try resumed.run().isBitIdentical(to: whole), "resumed after \(cut) steps")
+        }
+    }
 }

@@ -65,7 +65,8 @@ def main():
                     latents = scheduler.step(uncond + 7.5 * (cond - uncond), t, latents).prev_sample
                 vae.decode(latents / 0.18215).sample
 
-        run()  # warm-up
+        if args.part != "render":  # a warm-up; a whole render warms itself
+            run()
         times = []
         for _ in range(args.iterations):
             start = time.perf_counter()
