@@ -64,8 +64,11 @@ extension KernelRuntime {
     /// that many values). With `causal`, query i sees keys 0...i only (CLIP's text model).
     ///
     /// Feature maps stay channel-major, so both products are single sgemm calls
-    /// with a transpose flag. A task is (image, head, block of 64 queries): the
-    /// scores never exceed 64 × Tk per thread, whatever the image size.
+    /// with a transpose flag. A task is (image, head, block of 256 queries): the
+    /// scores never exceed 256 × Tk per thread, whatever the image size, and k is
+    /// packed once per block. Each row's softmax is left unnormalized (one pass
+    /// for its peak, one for e^x and its sum); the output column is scaled by
+    /// 1/sum instead, head-size values rather than Tk.
     public func multiHeadAttention(query: TokenRows, key: TokenRows, value: TokenRows, heads: Int, causal: Bool = false,
                                    outputShape: [Int]? = nil) -> Tensor {
         let batch = query.tensor.shape[0]
@@ -77,7 +80,7 @@ extension KernelRuntime {
         let headSize = channels / heads
         let mixed = Tensor(uninitialized: outputShape ?? [batch, channels, queries, 1])
         precondition(mixed.count == batch * channels * queries, "attention output \(mixed.shape) for \(batch)x\(channels)x\(queries)")
-        let queryBlock = min(queries, 64)
+        let queryBlock = min(queries, 256)
         let queryBlocks = (queries + queryBlock - 1) / queryBlock
         let scale = 1 / Float(headSize).squareRoot()
         countProduct(2 * batch * queries, keys, channels)
@@ -89,30 +92,44 @@ extension KernelRuntime {
             let q = query.rows(image: image) + head * headSize * queries
             let k = key.rows(image: image) + head * headSize * keys
             let v = value.rows(image: image) + head * headSize * keys
-            let scores = scratch(worker: worker, count: count * keys)
+            let scores = scratch(worker: worker, count: count * keys + count)
+            let inverseSums = scores + count * keys
             // scores[i, j] = q_iᵀ k_j / √d, for this block's queries i.
             cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(count), Int32(keys), Int32(headSize),
                         scale, q + first, Int32(queries), k, Int32(keys), 0, scores, Int32(keys))
             for i in 0..<count {
                 // a causal query i sees keys 0...i: the rest weigh nothing
                 let seen = causal ? min(first + i + 1, keys) : keys
-                softmaxInPlace(scores + i * keys, count: seen)
+                inverseSums[i] = exponentiateInPlace(scores + i * keys, count: seen)
                 if seen < keys { (scores + i * keys + seen).initialize(repeating: 0, count: keys - seen) }
             }
-            // out[:, i] = Σ_j v_j · p[i, j]
+            // out[:, i] = Σ_j v_j · e[i, j] / Σ_j e[i, j]
             let out = mixed.data + image * channels * queries + head * headSize * queries + first
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(headSize), Int32(count), Int32(keys),
                         1, v, Int32(keys), scores, Int32(keys), 0, out, Int32(queries))
+            for d in 0..<headSize {
+                let row = out + d * queries
+                for i in 0..<count { row[i] *= inverseSums[i] }
+            }
         }
         return mixed
     }
 }
 
-/// Softmax of one row, in float32 with a double-precision sum.
-func softmaxInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) {
-    var peak = -Float.infinity
-    for i in 0..<count { peak = max(peak, row[i]) }
+/// e^(x − max) of one row in place; returns 1 / their sum (a double-precision
+/// sum, in a fixed order), the row's softmax normalizer.
+func exponentiateInPlace(_ row: UnsafeMutablePointer<Float>, count: Int) -> Float {
+    var peaks = SIMD16<Float>(repeating: -.infinity)
+    var i = 0
+    while i + 16 <= count {
+        peaks = pointwiseMax(peaks, UnsafeRawPointer(row + i).loadUnaligned(as: SIMD16<Float>.self))
+        i += 16
+    }
+    var peak = peaks.max()
+    while i < count {
+        peak = max(peak, row[i])
+        i += 1
+    }
     VectorMath.map(row, row, count: count) { VectorMath.exp($0 - peak) }
-    let inverse = Float(1 / VectorMath.sum(row, count: count) { $0 })
-    VectorMath.map(row, row, count: count) { $0 * inverse }
+    return Float(1 / VectorMath.sum(row, count: count) { $0 })
 }

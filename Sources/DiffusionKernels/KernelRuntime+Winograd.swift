@@ -29,23 +29,33 @@ enum Winograd {
     /// Stable Diffusion's); this costs about 1/(2·tiles) of the GEMMs it feeds.
     static func transformWeights(_ weight: UnsafePointer<Float>, pairs: Range<Int>, count: Int,
                                  into result: UnsafeMutablePointer<Float>) {
-        for pair in pairs {
-            let g = weight + pair * 9
-            // G g: rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 of the 3x3 filter; then
-            // (G g) Gᵀ: the same combination along each row.
-            for row in 0..<4 {
-                let (a, b, c): (Float, Float, Float)
-                switch row {
-                case 0: (a, b, c) = (g[0], g[1], g[2])
-                case 1: (a, b, c) = ((g[0] + g[3] + g[6]) / 2, (g[1] + g[4] + g[7]) / 2, (g[2] + g[5] + g[8]) / 2)
-                case 2: (a, b, c) = ((g[0] - g[3] + g[6]) / 2, (g[1] - g[4] + g[7]) / 2, (g[2] - g[5] + g[8]) / 2)
-                default: (a, b, c) = (g[6], g[7], g[8])
+        // G g (rows g0, (g0+g1+g2)/2, (g0-g1+g2)/2, g2 of each 3x3 filter), then
+        // (G g) Gᵀ (the same along each row), one of the 16 outputs at a time over
+        // every pair of the range: contiguous writes the loops vectorize.
+        let first = pairs.lowerBound
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 12 * pairs.count) { temporary in
+            let rows = temporary.baseAddress!
+            for (n, pair) in pairs.enumerated() {
+                let g = weight + pair * 9
+                for column in 0..<3 {
+                    let (a, b, c) = (g[column], g[3 + column], g[6 + column])
+                    rows[column * pairs.count + n] = a
+                    rows[(3 + column) * pairs.count + n] = (a + b + c) / 2
+                    rows[(6 + column) * pairs.count + n] = (a - b + c) / 2
+                    rows[(9 + column) * pairs.count + n] = c
                 }
-                let out = result + row * 4 * count + pair
-                out[0] = a
-                out[count] = (a + b + c) / 2
-                out[2 * count] = (a - b + c) / 2
-                out[3 * count] = c
+            }
+            for row in 0..<4 {
+                let (a, b, c) = (rows + 3 * row * pairs.count, rows + (3 * row + 1) * pairs.count,
+                                 rows + (3 * row + 2) * pairs.count)
+                let out = result + row * 4 * count + first
+                let (out1, out2, out3) = (out + count, out + 2 * count, out + 3 * count)
+                for n in 0..<pairs.count {
+                    out[n] = a[n]
+                    out1[n] = (a[n] + b[n] + c[n]) / 2
+                    out2[n] = (a[n] - b[n] + c[n]) / 2
+                    out3[n] = c[n]
+                }
             }
         }
     }
