@@ -107,18 +107,22 @@ extension KernelRuntime {
 /// The cut depends on the GEMM's shape alone, so each tile is the same sgemm call
 /// whatever the batch size and thread count: OpenBLAS picks its kernels by shape,
 /// and a tile's bits stay put only if its call does. Columns (pixels) are cut
-/// first, into halves down to 64 wide, so that one image keeps two cores busy;
-/// rows are halved when an image has too few pixels to cut.
+/// first, into halves down to 64 wide, so that one image keeps two cores busy,
+/// and at most 8192 wide, so that a tile's im2col stays tens of megabytes (a
+/// 512x512 decoder's last convolution would unfold 600 MB a thread); rows are
+/// halved when an image has too few pixels to cut.
 struct GemmTiling {
     let rows: Int
     let columns: Int
     let rowTile: Int
     let columnTile: Int
 
+    static let maximumColumnTile = 8192
+
     init(rows: Int, columns: Int) {
         self.rows = rows
         self.columns = columns
-        columnTile = columns >= 128 ? (columns + 1) / 2 : columns
+        columnTile = columns >= 128 ? min((columns + 1) / 2, Self.maximumColumnTile) : columns
         rowTile = columns < 128 && rows >= 128 ? (rows + 1) / 2 : rows
     }
 
