@@ -123,6 +123,7 @@ fixtures:
 	tools/.venv/bin/python tools/reference/make_sampler_fixtures.py
 	PYTHONPATH=tools/reference tools/.venv/bin/python tools/reference/make_render_fixtures.py
 	tools/.venv/bin/python tools/reference/make_latent_fixtures.py
+	PYTHONPATH=tools/reference tools/.venv/bin/python tools/reference/make_cascade_fixtures.py
 
 clean:
 	rm -rf .build

@@ -203,13 +203,13 @@ extension Daemon {
         var total = record.steps
         var eta: Any = NSNull()
         var preview: Any = NSNull()
+        var (stage, stages) = (1, 1)
         if let current = running[record.id] {
-            step = current.step
-            total = current.total
+            (step, total, stage, stages) = (current.step, current.total, current.stage, current.stages)
             preview = current.preview ?? NSNull()
-            if step > current.firstStep {
+            if current.done > current.firstDone {
                 let elapsed = Double(DispatchTime.now().uptimeNanoseconds - current.startedAt) / 1e9
-                eta = elapsed / Double(step - current.firstStep) * Double(total - step)
+                eta = elapsed / Double(current.done - current.firstDone) * Double(current.overall - current.done)
             }
         }
         let outputDirectory = OutputDirectory.path(outputs: config.outputs, id: record.id)
@@ -222,7 +222,8 @@ extension Daemon {
             "max_attempts": record.maxAttempts,
             "model": record.model,
             "source": record.source,
-            "progress": ["step": step, "total": total, "images_done": record.imagesDone, "count": record.count,
+            "progress": ["step": step, "total": total, "stage": stage, "stages": stages, "images_done": record.imagesDone,
+                         "count": record.count,
                          "eta_seconds": eta, "preview": preview],
             "output_dir": outputDirectory,
             "outputs": record.state == .succeeded ? OutputDirectory.files(outputs: config.outputs, id: record.id) : [],
@@ -282,6 +283,10 @@ extension Daemon {
                     entry["class_embeddings"] = description.classCount ?? NSNull()
                     entry["text_conditioned"] = description.text != nil
                     entry["latent_factor"] = description.latent?.factor ?? NSNull()
+                    entry["super_resolution"] = description.superResolution.map { sr -> [String: Any] in
+                        ["image_channels": sr.imageChannels, "upsample": sr.upsample?.rawValue ?? NSNull(),
+                         "noise_level": sr.augmentation?.defaultLevel ?? NSNull()]
+                    } ?? NSNull()
                 } catch {
                     entry["problem"] = "\(error)"
                 }

@@ -25,10 +25,16 @@ public final class Daemon {
     struct Running {
         let assignment: RenderAssignment
         let startedAt: UInt64
+        /// The step and total within the current stage (1-based, of `stages`).
         var step = 0
-        /// The step this run started from (a checkpoint's), for the ETA.
-        var firstStep = 0
         var total: Int
+        var stage = 1
+        var stages = 1
+        /// Steps done over every stage, where this run started (a checkpoint's),
+        /// and how many there are: the ETA spans every stage.
+        var done = 0
+        var firstDone = 0
+        var overall: Int
         var preview: String?
         /// Clients waiting for a cancel to take effect.
         var cancelRequests: [(ClientSession, Any?)] = []
@@ -189,7 +195,8 @@ public final class Daemon {
             owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,
             control: RenderControl())
         metrics.queueWaitSeconds.observe(max(JobStore.now() - record.createdAt, 0))
-        running[record.id] = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps)
+        running[record.id] = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps,
+                                     overall: record.steps)
         worker.assign(assignment)
         log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
         publish(record.id, event: "state")
@@ -216,8 +223,8 @@ public final class Daemon {
         switch event {
         case .resumed(let id, let step):
             guard running[id] != nil else { return }
-            running[id]!.step = step
-            running[id]!.firstStep = step
+            running[id]!.done = step
+            running[id]!.firstDone = step
             try store.appendNote(id, "resumed from the checkpoint at step \(step)")
             log.info("job \(id) resumed from its checkpoint at step \(step)")
         case .stepped(let model, let jobs, let images, let seconds, let cacheBytes):
@@ -225,10 +232,12 @@ public final class Daemon {
         case .note(let id, let message):
             try store.appendNote(id, message)
             log.notice("job \(id): \(message)")
-        case .progress(let id, let step, let total, let preview):
+        case .progress(let id, let step, let total, let stage, let stages, let done, let overall, let preview):
             guard running[id] != nil else { return }
             running[id]!.step = step
             running[id]!.total = total
+            (running[id]!.stage, running[id]!.stages) = (stage, stages)
+            (running[id]!.done, running[id]!.overall) = (done, overall)
             if let preview { running[id]!.preview = preview }
             publish(id, event: "progress")
         case .succeeded(let id, let images):
@@ -319,9 +328,11 @@ public final class Daemon {
 
     /// The render plan of `job` as this daemon would run it (admission and `submit --dry-run`);
     /// errors are one line starting with `label`.
-    func plan(_ job: Job, label: String) throws -> RenderPlan {
-        guard !job.model.contains("/"), !job.model.hasPrefix("."), !job.model.contains("\0") else {
-            throw DiffusionError("\(label): model must be the name of an installed model (see `diffctl models`), not a path")
+    func plan(_ job: Job, label: String) throws -> CascadePlan {
+        for model in [job.model] + job.stages.map(\.model) {
+            guard !model.contains("/"), !model.hasPrefix("."), !model.contains("\0") else {
+                throw DiffusionError("\(label): model must be the name of an installed model (see `diffctl models`), not a path")
+            }
         }
         if case .path? = job.initNoise {
             throw DiffusionError("\(label): init_noise must be inline ({\"npy_base64\": ...}); the daemon opens no file a job names")
@@ -329,18 +340,22 @@ public final class Daemon {
         if case .path? = job.initImage {
             throw DiffusionError("\(label): init_image must be inline ({\"png_base64\": ...}); the daemon opens no file a job names")
         }
+        if case .path? = job.image {
+            throw DiffusionError("\(label): image must be inline ({\"png_base64\": ...}); the daemon opens no file a job names")
+        }
         if config.jobSeconds > 0 && job.timeLimit > config.jobSeconds {
             throw DiffusionError("\(label): time_limit \(job.timeLimit) is over the limit of \(config.jobSeconds) s")
         }
         do {
-            guard config.allModelDirectories.contains(where: { FileManager.default.fileExists(atPath: "\($0)/\(job.model)") }) else {
-                throw DiffusionError("no model named \"\(job.model)\" (see `diffctl models`)")
-            }
-            let model = try ModelResolver(directories: config.allModelDirectories).directory(job.model, relativeTo: nil)
+            let resolver = ModelResolver(directories: config.allModelDirectories)
             var initNoise: Tensor?
             if case .inline(let bytes)? = job.initNoise { initNoise = try Job.decodeInitNoise(bytes) }
-            return try RenderPlan(job: job, model: try model.describe(), registry: registry,
-                                  limits: config.limits, initNoise: initNoise)
+            return try CascadePlan(job: job, describe: { name in
+                guard config.allModelDirectories.contains(where: { FileManager.default.fileExists(atPath: "\($0)/\(name)") }) else {
+                    throw DiffusionError("no model named \"\(name)\" (see `diffctl models`)")
+                }
+                return try resolver.directory(name, relativeTo: nil).describe()
+            }, registry: registry, limits: config.limits, initNoise: initNoise)
         } catch let error as DiffusionError {
             throw DiffusionError("\(label): \(error.message)")
         }

@@ -16,7 +16,7 @@ enum OutputDirectory {
 
     /// Writes `render`'s files as `directory`, given to `owner` when the daemon may
     /// give files away (root, or CAP_CHOWN as the systemd unit grants).
-    static func publish(_ render: Render, to directory: String, owner: uid_t) throws {
+    static func publish(_ render: CascadeRender, to directory: String, owner: uid_t) throws {
         let url = URL(fileURLWithPath: directory)
         let parent = url.deletingLastPathComponent().path
         let partial = "\(parent)/.\(url.lastPathComponent).partial"
@@ -59,7 +59,10 @@ enum OutputDirectory {
     }
 
     /// Every file of `directory` (which the daemon made and alone can write),
-    /// then the directory itself, to `owner`: 0640/0750 with the owner's group.
+    /// its subdirectories (a cascade's `stage-K/`) the same way, then the
+    /// directory itself, to `owner`: 0640/0750 with the owner's group. The
+    /// top directory stays 0700 and the daemon's until last, so nothing in it
+    /// can be swapped while this runs.
     /// When the daemon may not give files away (EPERM: neither root nor
     /// CAP_CHOWN), they stay the daemon's and readable by all, or no one but the
     /// daemon could read them.
@@ -69,6 +72,11 @@ enum OutputDirectory {
         defer { close(directoryFD) }
         var given = true
         for name in try FileManager.default.contentsOfDirectory(atPath: directory).sorted() {
+            var info = stat()
+            if fstatat(directoryFD, name, &info, AT_SYMLINK_NOFOLLOW) == 0, info.st_mode & S_IFMT == S_IFDIR {
+                try giveAway(directory: "\(directory)/\(name)", to: owner)
+                continue
+            }
             given = try handOver(openat(directoryFD, name, fileFlags), "\(directory)/\(name)", to: owner) && given
         }
         _ = try handOver(dup(directoryFD), directory, to: owner, mode: given ? 0o750 : 0o755)

@@ -32,10 +32,13 @@ final class RenderControl: Sendable {
 
 /// What the worker reports to the loop, in order.
 enum WorkerEvent: Sendable {
+    /// `step`: steps done over every stage.
     case resumed(id: Int, step: Int)
     /// Something the job's events should record (and the log say).
     case note(id: Int, String)
-    case progress(id: Int, step: Int, total: Int, preview: String?)
+    /// The step and total within the stage (1-based, of `stages`); `done` and
+    /// `overall`: steps over every stage, for the ETA.
+    case progress(id: Int, step: Int, total: Int, stage: Int, stages: Int, done: Int, overall: Int, preview: String?)
     /// One batched model step, for the metrics.
     case stepped(model: String, jobs: Int, images: Int, seconds: Double, cacheBytes: Int)
     case succeeded(id: Int, images: Int)
@@ -68,7 +71,7 @@ final class RenderWorker: @unchecked Sendable {
 
     private struct Active {
         let assignment: RenderAssignment
-        let render: Render
+        let render: CascadeRender
         let started: UInt64
     }
 
@@ -89,7 +92,8 @@ final class RenderWorker: @unchecked Sendable {
             while let fresh = takeAssignments(waiting: active.isEmpty) {
                 active += fresh.compactMap { begin($0, runtime) }
                 active = active.filter(stillWanted)
-                for group in Dictionary(grouping: active, by: { $0.assignment.job.model }).values {
+                // one batch per model: a stage's images batch with every job's images of the same model
+                for group in Dictionary(grouping: active, by: { $0.render.current.plan.job.model }).values {
                     step(group, runtime)
                 }
                 active = active.filter { !$0.render.isFinished && !ended.contains($0.assignment.id) }
@@ -152,12 +156,12 @@ final class RenderWorker: @unchecked Sendable {
     private func begin(_ assignment: RenderAssignment, _ runtime: KernelRuntime) -> Active? {
         let id = assignment.id
         do {
-            let model = try models.model(named: assignment.job.model)
             var initNoise: Tensor?
             if case .inline(let bytes)? = assignment.job.initNoise { initNoise = try Job.decodeInitNoise(bytes) }
-            let render = try Render(job: assignment.job, model: model, registry: registry.withLock { $0 }, runtime: runtime,
-                                    limits: limits.withLock { $0 }, initNoise: initNoise)
-            for warning in render.plan.warnings { report(.note(id: id, warning)) }
+            let plan = try CascadePlan(job: assignment.job, describe: models.describe, registry: registry.withLock { $0 },
+                                       limits: limits.withLock { $0 }, initNoise: initNoise)
+            let render = try CascadeRender(plan: plan, runtime: runtime, loadModel: models.model(named:))
+            for warning in plan.stages.flatMap(\.warnings) { report(.note(id: id, warning)) }
             do {
                 if let checkpoint = try Checkpoints.read(assignment.checkpointPath) {
                     if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
@@ -194,7 +198,7 @@ final class RenderWorker: @unchecked Sendable {
         if elapsed > active.assignment.timeLimit {
             let render = active.render
             finish(active.assignment, .failed(
-                id: id, error: "the time limit of \(Self.seconds(active.assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.totalSteps)",
+                id: id, error: "the time limit of \(Self.seconds(active.assignment.timeLimit)) was reached at step \(render.completedSteps) of \(render.plan.totalSteps)",
                 retryable: false))
             return false
         }
@@ -205,20 +209,26 @@ final class RenderWorker: @unchecked Sendable {
         let outcomes: [Error?]
         let start = DispatchTime.now().uptimeNanoseconds
         do {
-            outcomes = try RenderBatch.step(group.map(\.render), on: runtime)
+            outcomes = try RenderBatch.step(group.map(\.render.current), on: runtime)
         } catch {
             for active in group { fail(active, error) }
             return
         }
-        report(.stepped(model: group[0].assignment.job.model, jobs: group.count,
+        report(.stepped(model: group[0].render.current.plan.job.model, jobs: group.count,
                         images: group.reduce(0) { $0 + $1.render.job.count },
                         seconds: Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9, cacheBytes: models.bytes))
         for (active, outcome) in zip(group, outcomes) {
             if let outcome { fail(active, outcome); continue }
-            let (assignment, render) = (active.assignment, active.render)
+            let (assignment, cascade) = (active.assignment, active.render)
+            let render = cascade.current
             let step = render.completedSteps
-            if render.isFinished {
-                report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: nil))
+            func progress(preview: String?) {
+                report(.progress(id: assignment.id, step: render.completedSteps, total: render.totalSteps, stage: cascade.stage + 1,
+                                 stages: cascade.plan.stages.count, done: cascade.completedSteps,
+                                 overall: cascade.plan.totalSteps, preview: preview))
+            }
+            if cascade.isFinished {
+                progress(preview: nil)
                 publish(active)
                 continue
             }
@@ -227,10 +237,19 @@ final class RenderWorker: @unchecked Sendable {
             if assignment.previewEvery > 0, step % assignment.previewEvery == 0, let estimate = render.predictedOriginal {
                 preview = writePreview(estimate, render, assignment)
             }
-            report(.progress(id: assignment.id, step: step, total: render.totalSteps, preview: preview))
-            if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
+            progress(preview: preview)
+            if render.isFinished {
+                // The next stage begins on this one's images, and a checkpoint
+                // keeps them: a job stopped now resumes in the next stage.
                 do {
-                    try Checkpoints.write(render.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
+                    try cascade.advance()
+                    try Checkpoints.write(cascade.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
+                } catch {
+                    fail(active, error)
+                }
+            } else if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
+                do {
+                    try Checkpoints.write(cascade.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
                 } catch {
                     fail(active, error)
                 }
@@ -249,7 +268,7 @@ final class RenderWorker: @unchecked Sendable {
         } catch {
             return fail(active, error)
         }
-        log.info("job \(assignment.id): \(render.job.count) image(s) in \(Self.seconds(render.stepSeconds)) of steps")
+        log.info("job \(assignment.id): \(render.job.count) image(s) in \(Self.seconds(render.current.stepSeconds)) of the last stage's steps")
         finish(assignment, .succeeded(id: assignment.id, images: render.job.count))
     }
 
@@ -293,6 +312,11 @@ final class ModelCache: @unchecked Sendable {
     init(resolver: ModelResolver, capacityBytes: Int) {
         self.resolver = resolver
         self.capacityBytes = capacityBytes
+    }
+
+    /// A model's description from its configs, without loading it (planning).
+    func describe(_ name: String) throws -> ModelDescription {
+        try resolver.directory(name, relativeTo: nil).describe()
     }
 
     /// Weight bytes of the models held.

@@ -20,6 +20,8 @@ protocol DenoiserConfig: Sendable {
     var sampleShape: [Int] { get }
     var outputChannels: Int { get }
     var classCount: Int? { get }
+    /// Its class input, labels or a level (nil: it takes none).
+    var classInput: ClassEmbeddingType? { get }
     /// The width of the text states it reads (nil: it reads none).
     var contextDim: Int? { get }
     /// Sample sides must be multiples of this.
@@ -30,6 +32,7 @@ protocol DenoiserConfig: Sendable {
 extension UNet2DConfig: DenoiserConfig {
     var outputChannels: Int { outChannels }
     var classCount: Int? { numClassEmbeds }
+    var classInput: ClassEmbeddingType? { classEmbedding }
     var contextDim: Int? { nil }
     var downsamplingFactor: Int { 1 << (blockOutChannels.count - 1) }
     func makeModel(weights: any WeightSource) throws -> any DenoisingModel { try UNet2DModel(config: self, weights: weights) }
@@ -37,7 +40,8 @@ extension UNet2DConfig: DenoiserConfig {
 
 extension UNet2DConditionConfig: DenoiserConfig {
     var outputChannels: Int { outChannels }
-    var classCount: Int? { nil }
+    var classCount: Int? { if case .table(let count)? = classEmbedding { count } else { nil } }
+    var classInput: ClassEmbeddingType? { classEmbedding }
     var contextDim: Int? { crossAttentionDim }
     func makeModel(weights: any WeightSource) throws -> any DenoisingModel {
         try UNet2DConditionModel(config: self, weights: weights)
@@ -67,13 +71,12 @@ extension UNet2DModel: DenoisingModel {
 extension UNet2DConditionModel: DenoisingModel {
     public var sampleShape: [Int] { config.sampleShape }
 
-    public var classCount: Int? { nil }
+    public var classCount: Int? { if case .table(let count)? = config.classEmbedding { count } else { nil } }
 
     public func predict(_ sample: Tensor, timesteps: [Float], alphasCumprod: [Double], classLabels: [Int]?,
                         context: Tensor?, on runtime: KernelRuntime) throws -> Tensor
     {
         guard let context else { throw DiffusionError("this model is text-conditioned: give a prompt") }
-        guard classLabels == nil else { throw DiffusionError("this model is not class-conditional: it takes no class labels") }
-        return try forward(sample, timesteps: timesteps, context: context, on: runtime)
+        return try forward(sample, timesteps: timesteps, context: context, classLabels: classLabels, on: runtime)
     }
 }

@@ -59,7 +59,7 @@ public struct ModelDirectory: Sendable {
     }
 
     /// What a component class is to the render loop.
-    enum Role: Sendable { case denoiser, autoencoder, textEncoder, tokenizer, scheduler }
+    enum Role: Sendable { case denoiser, autoencoder, textEncoder, tokenizer, scheduler, augmentationScheduler }
 
     /// The component classes this host reads, by their `model_index.json` class.
     static let componentRoles: [String: Role] = [
@@ -72,10 +72,28 @@ public struct ModelDirectory: Sendable {
     /// the classes each may be (empty: any, the scheduler's class picks a sampler
     /// instead), the components it skips (a safety checker: this host renders
     /// what it is asked and says so in the log), and its samples' pixel range.
+    /// A super-resolution pipeline says how it feeds its conditioning image.
     struct Pipeline {
         let components: [String: Set<String>]
+        var optional: Set<String> = []
         var skipped: Set<String> = []
         var sampleRange: ClosedRange<Float> = -1...1
+        /// Whether the decoder reads latents / scaling_factor (LDMSuperResolutionPipeline decodes them as they are).
+        var decodesScaledLatents = true
+        var superResolution: SuperResolutionStyle?
+    }
+
+    /// How a super-resolution pipeline conditions its U-Net on the low-resolution image.
+    struct SuperResolutionStyle {
+        /// Pixel space: the image is resized to the sample's size (by model_index.json's
+        /// `upsample`); false: it is the latents' size already.
+        var resizes = false
+        /// LDMSuperResolutionPipeline passes [sample, image] through scale_model_input together.
+        var scalesImage = false
+        /// The image is noised to `noise_level` first (CDM's conditioning augmentation).
+        var augments = true
+        /// The sample's channels: half the U-Net's input, or the autoencoder's latents'.
+        var sampleChannelsFromAutoencoder = false
     }
 
     /// The pipelines this host renders, by model_index.json's `_class_name`. A
@@ -93,7 +111,23 @@ public struct ModelDirectory: Sendable {
                          "tokenizer": ["CLIPTokenizer", "CLIPTokenizerFast"], "scheduler": []],
             skipped: ["safety_checker", "feature_extractor", "image_encoder"]),
         "LDMPipeline": Pipeline(components: ["vqvae": ["VQModel"], "unet": ["UNet2DModel"], "scheduler": []]),
+        // diffusiond's own: a cascade's pixel-space stage (CDM, IF), a UNet2DModel
+        // reading the noisy sample beside the upsampled, noise-augmented image
+        "PixelSuperResolutionPipeline": Pipeline(
+            components: ["unet": ["UNet2DModel"], "scheduler": [], "low_res_scheduler": []], optional: ["low_res_scheduler"],
+            superResolution: SuperResolutionStyle(resizes: true)),
+        "LDMSuperResolutionPipeline": Pipeline(
+            components: ["vqvae": ["VQModel"], "unet": ["UNet2DModel"], "scheduler": []], decodesScaledLatents: false,
+            superResolution: SuperResolutionStyle(scalesImage: true, augments: false)),
+        "StableDiffusionUpscalePipeline": Pipeline(
+            components: ["unet": ["UNet2DConditionModel"], "vae": ["AutoencoderKL"], "text_encoder": ["CLIPTextModel"],
+                         "tokenizer": ["CLIPTokenizer", "CLIPTokenizerFast"], "scheduler": [], "low_res_scheduler": []],
+            skipped: ["safety_checker", "feature_extractor", "watermarker"],
+            superResolution: SuperResolutionStyle(sampleChannelsFromAutoencoder: true)),
     ]
+
+    /// Components whose role is their key's, not their class's.
+    static let keyRoles: [String: Role] = ["low_res_scheduler": .augmentationScheduler]
 
     /// A pipeline's components as the directory names them: each key's class
     /// and role, and the notes for the ones skipped.
@@ -132,10 +166,10 @@ public struct ModelDirectory: Sendable {
             if !allowed.isEmpty && !allowed.contains(className) {
                 throw DiffusionError("\(source): component \(key) is a \(className); a \(name) here needs \(allowed.sorted().joined(separator: " or "))")
             }
-            found.roles[Self.componentRoles[className] ?? .scheduler] = (key, className)
+            found.roles[Self.keyRoles[key] ?? Self.componentRoles[className] ?? .scheduler] = (key, className)
         }
         if let missing = pipeline.components.keys.sorted().first(where: { key in !found.roles.values.contains { $0.key == key } }),
-           missing != "scheduler"
+           missing != "scheduler", !pipeline.optional.contains(missing)
         {
             throw DiffusionError("\(source): a \(name) needs its \(missing) component")
         }
@@ -163,31 +197,48 @@ public struct ModelDirectory: Sendable {
     ]
 
     private func describe(index: [String: Any], components: Components) throws -> ModelDescription {
-        let sampleShape: [Int]
-        let classCount: Int?
+        var sampleShape: [Int]
+        var classCount: Int?
         var predictsVariance = false
         var latent: LatentSpace?
         var text: TextConditioning?
         var sizeMultiple: Int?
+        var superResolution: SuperResolution?
+        let pipeline = Self.pipelines[components.pipeline]
         if components.pipeline == "GaussianMixture" {
             let mixture = try loadMixture()
             (sampleShape, classCount) = (mixture.sampleShape, mixture.classCount)
         } else {
             let config = try denoiserConfig(components)
-            (sampleShape, classCount, sizeMultiple) = (config.sampleShape, config.classCount, config.downsamplingFactor)
-            let (inChannels, outChannels) = (sampleShape[0], config.outputChannels)
+            (classCount, sizeMultiple) = (config.classCount, config.downsamplingFactor)
+            let autoencoder = try components.directory(.autoencoder, in: path).map { try WeightFiles.config($0, AutoencoderConfig.init) }
+            var inChannels = config.sampleShape[0]
+            if let style = pipeline?.superResolution {
+                // the U-Net reads [sample, image]: the sample's channels are half its input, or the latents'
+                let sampleChannels = style.sampleChannelsFromAutoencoder ? autoencoder!.latentChannels : inChannels / 2
+                guard sampleChannels > 0, sampleChannels < inChannels else {
+                    throw DiffusionError("\(path): a super-resolution U-Net reads the sample and the image: in_channels \(inChannels) is too few")
+                }
+                superResolution = try describeSuperResolution(style, index: index, components: components, config: config,
+                                                              imageChannels: inChannels - sampleChannels)
+                inChannels = sampleChannels
+                // the conditioning's class input is its level, not a label
+                classCount = nil
+            }
+            sampleShape = [inChannels] + config.sampleShape.dropFirst()
+            let outChannels = config.outputChannels
             guard outChannels == inChannels || outChannels == 2 * inChannels else {
                 throw DiffusionError("\(path): out_channels \(outChannels) must equal in_channels \(inChannels), or be twice it for a model that predicts its variance")
             }
             predictsVariance = outChannels == 2 * inChannels
-            if let directory = components.directory(.autoencoder, in: path) {
-                let autoencoder = try WeightFiles.config(directory, AutoencoderConfig.init)
+            if let autoencoder {
                 guard autoencoder.latentChannels == inChannels else {
                     throw DiffusionError("\(path): the U-Net takes \(inChannels) channels and the autoencoder makes \(autoencoder.latentChannels)")
                 }
-                latent = LatentSpace(factor: autoencoder.downsamplingFactor, scalingFactor: autoencoder.scalingFactor,
+                latent = LatentSpace(factor: autoencoder.downsamplingFactor,
+                                     scalingFactor: pipeline?.decodesScaledLatents == false ? 1 : autoencoder.scalingFactor,
                                      imageChannels: autoencoder.outChannels,
-                                     encoderChannels: autoencoder.kind == .gaussian ? autoencoder.inChannels : nil)
+                                     encoderChannels: autoencoder.kind == .gaussian && superResolution == nil ? autoencoder.inChannels : nil)
                 sizeMultiple! *= autoencoder.downsamplingFactor
             }
             if let contextDim = config.contextDim {
@@ -216,7 +267,39 @@ public struct ModelDirectory: Sendable {
             recommendedGuidanceScale: (index["recommended_guidance_scale"] as? NSNumber)?.doubleValue,
             schedulerConfigData: FileManager.default.contents(atPath: schedulerConfigPath),
             schedulerConfigSource: schedulerConfigPath, latent: latent, text: text, sizeMultiple: sizeMultiple,
-            notes: components.notes)
+            superResolution: superResolution, notes: components.notes)
+    }
+
+    /// A super-resolution pipeline's conditioning: model_index.json's `upsample`
+    /// (pixel space; default bicubic), `noise_level` (default 0) and
+    /// `max_noise_level`, and the schedule its augmentation noises with (the
+    /// `low_res_scheduler`'s, else the model's own).
+    private func describeSuperResolution(_ style: SuperResolutionStyle, index: [String: Any], components: Components,
+                                         config: any DenoiserConfig, imageChannels: Int) throws -> SuperResolution
+    {
+        let source = "\(path)/model_index.json"
+        var upsample: Resampling?
+        if style.resizes {
+            let name = index["upsample"] as? String ?? Resampling.bicubic.rawValue
+            guard let mode = Resampling(rawValue: name) else {
+                throw DiffusionError("\(source): upsample \"\(name)\" is not one of \(Resampling.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            upsample = mode
+        }
+        var augmentation: SuperResolution.Augmentation?
+        if style.augments {
+            let level = index["noise_level"] as? NSNumber ?? 0
+            let maximum = (index["max_noise_level"] as? NSNumber)?.intValue
+            let schedulerPath = components.directory(.augmentationScheduler, in: path).map { "\($0)/scheduler_config.json" }
+                ?? schedulerConfigPath
+            augmentation = SuperResolution.Augmentation(
+                defaultLevel: level.intValue, maxLevel: maximum, levelIsClassInput: config.classInput != nil,
+                schedulerConfigData: FileManager.default.contents(atPath: schedulerPath), schedulerConfigSource: schedulerPath)
+        } else if config.classInput != nil {
+            throw DiffusionError("\(path): a \(components.pipeline) U-Net takes no class input")
+        }
+        return SuperResolution(imageChannels: imageChannels, upsample: upsample, scalesImage: style.scalesImage,
+                               augmentation: augmentation)
     }
 
     private var classifierConfigPath: String { "\(path)/classifier/config.json" }
@@ -318,14 +401,17 @@ public struct ModelDescription: Sendable {
     /// Image sides must be multiples of this many pixels (the U-Net's downsampling
     /// times the autoencoder's); nil: the model renders its own size only.
     public let sizeMultiple: Int?
+    /// A super-resolution model's conditioning image (nil: it takes none).
+    public let superResolution: SuperResolution?
     /// What loading it leaves out (a safety checker), for the log.
     public let notes: [String]
 
     public init(sampleShape: [Int], classCount: Int?, nullClass: Int?, hasClassifier: Bool, predictsVariance: Bool = false,
                 sampleRange: ClosedRange<Float> = -1...1, recommendedGuidanceScale: Double?, schedulerConfigData: Data?,
                 schedulerConfigSource: String, latent: LatentSpace? = nil, text: TextConditioning? = nil,
-                sizeMultiple: Int? = nil, notes: [String] = [])
+                sizeMultiple: Int? = nil, superResolution: SuperResolution? = nil, notes: [String] = [])
     {
+        self.superResolution = superResolution
         self.sampleShape = sampleShape
         self.predictsVariance = predictsVariance
         self.sampleRange = sampleRange
@@ -362,6 +448,31 @@ public struct LatentSpace: Sendable, Equatable {
     public init(factor: Int, scalingFactor: Float, imageChannels: Int, encoderChannels: Int? = nil) {
         (self.factor, self.scalingFactor, self.imageChannels) = (factor, scalingFactor, imageChannels)
         self.encoderChannels = encoderChannels
+    }
+}
+
+/// A super-resolution model's low-resolution input, as planning sees it: an
+/// image in −1...1 concatenated after the sample's channels.
+public struct SuperResolution: Sendable, Equatable {
+    public let imageChannels: Int
+    /// Pixel space: the image is resized to the sample's size with this. nil: a
+    /// latent model, whose latents are the image's size.
+    public let upsample: Resampling?
+    /// Whether the sampler's input scale applies to the image as to the sample
+    /// (LDMSuperResolutionPipeline's `scale_model_input` of the concatenation).
+    public let scalesImage: Bool
+    /// Noise augmentation of the image (nil: it is read as it is).
+    public let augmentation: Augmentation?
+
+    public struct Augmentation: Sendable, Equatable {
+        /// model_index.json's `noise_level`, and the largest a job may ask (`max_noise_level`).
+        public let defaultLevel: Int
+        public let maxLevel: Int?
+        /// Whether the U-Net reads the level as its class input.
+        public let levelIsClassInput: Bool
+        /// The scheduler config whose training ᾱ the image is noised with.
+        public let schedulerConfigData: Data?
+        public let schedulerConfigSource: String
     }
 }
 
@@ -420,7 +531,10 @@ public struct LoadedModel: Sendable {
 
     public init(directory: ModelDirectory?, description: ModelDescription, parts: Parts, contentHash: String) throws {
         guard let denoiser = parts.denoiser else { throw DiffusionError("a model without a denoiser") }
-        precondition(description.sampleShape == denoiser.sampleShape && description.classCount == denoiser.classCount,
+        let inputChannels = description.sampleShape[0] + (description.superResolution?.imageChannels ?? 0)
+        precondition(Array(description.sampleShape.dropFirst()) == Array(denoiser.sampleShape.dropFirst())
+                     && inputChannels == denoiser.sampleShape[0]
+                     && (description.superResolution != nil || description.classCount == denoiser.classCount),
                      "a model description that does not describe its denoiser")
         precondition((description.latent != nil) == (parts.autoencoder != nil) && (description.text != nil) == (parts.textEncoder != nil),
                      "a model description that does not describe its components")

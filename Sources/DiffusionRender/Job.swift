@@ -4,7 +4,7 @@ import Foundation
 /// A render job, the one schema of docs/jobs.md, parsed strictly: every key has
 /// a type and a default, and an unknown key is an error, never ignored.
 public struct Job: Sendable {
-    public enum Format: String, Sendable, CaseIterable { case png, npy, latents }
+    public enum Format: String, Sendable, CaseIterable { case png, npy, latents, stages }
 
     public var model: String
     /// nil: the sampler the model's scheduler config names.
@@ -36,6 +36,22 @@ public struct Job: Sendable {
         case inline(Data)
     }
 
+    /// Super-resolution: the low-resolution image a first stage of an SR model
+    /// upscales (a PNG, as `init_image`), and the augmentation level it is
+    /// noised to (nil: the model's `noise_level`).
+    public var image: InitImage?
+    public var noiseLevel: Int?
+    /// The cascade's later stages, each a partial job (`stageKeys`) with the
+    /// job's count and formats, conditioned on the stage before; nil prompts
+    /// are the job's.
+    public var stages: [Job] = []
+
+    /// The keys a stage may carry.
+    public static let stageKeys: Set<String> = [
+        "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "guidance", "noise_level",
+        "prompt", "negative_prompt", "width", "height",
+    ]
+
     /// diffusers' StableDiffusionImg2ImgPipeline default.
     public static let defaultStrength = 0.8
     public var guidance: Guidance?
@@ -64,7 +80,7 @@ public struct Job: Sendable {
     public static let keys: Set<String> = [
         "model", "sampler", "sampler_options", "beta_schedule", "timestep_spacing", "steps", "seed", "count", "class",
         "guidance", "init_noise", "formats", "grid_columns", "priority", "preview_every", "time_limit",
-        "prompt", "negative_prompt", "width", "height", "init_image", "strength",
+        "prompt", "negative_prompt", "width", "height", "init_image", "strength", "image", "noise_level", "stages",
     ]
 
     public init(model: String) { self.model = model }
@@ -136,15 +152,27 @@ public struct Job: Sendable {
         negativePrompts = try promptList("negative_prompt")
         if let raw = value("width") { width = try integer(raw, "width", 1...65_536) }
         if let raw = value("height") { height = try integer(raw, "height", 1...65_536) }
-        if let raw = value("init_image") {
-            if let path = raw as? String, !path.isEmpty {
-                initImage = .path(path)
-            } else if let inline = raw as? [String: Any], inline.count == 1, let text = inline["png_base64"] as? String,
-                      let bytes = Data(base64Encoded: text)
-            {
-                initImage = .inline(bytes)
-            } else {
-                throw fail("init_image", "a .png path or {\"png_base64\": \"...\"}")
+        func png(_ key: String) throws -> InitImage? {
+            guard let raw = value(key) else { return nil }
+            if let path = raw as? String, !path.isEmpty { return .path(path) }
+            guard let inline = raw as? [String: Any], inline.count == 1, let text = inline["png_base64"] as? String,
+                  let bytes = Data(base64Encoded: text)
+            else { throw fail(key, "a .png path or {\"png_base64\": \"...\"}") }
+            return .inline(bytes)
+        }
+        initImage = try png("init_image")
+        image = try png("image")
+        if let raw = value("noise_level") { noiseLevel = try integer(raw, "noise_level", 0...100_000) }
+        if let raw = value("stages") {
+            guard let list = raw as? [Any], !list.isEmpty else { throw fail("stages", "a non-empty list of stage objects") }
+            stages = try list.enumerated().map { index, item in
+                let label = "\(source): stage \(index + 2)"
+                guard var stage = item as? [String: Any] else { throw DiffusionError("\(label) must be an object") }
+                if let unknown = stage.keys.sorted().first(where: { !Self.stageKeys.contains($0) }) {
+                    throw DiffusionError("\(label): \"\(unknown)\" is not a stage key (a stage takes \(Self.stageKeys.sorted().joined(separator: ", ")))")
+                }
+                stage["count"] = count
+                return try Job(json: try JSONSerialization.data(withJSONObject: stage), source: label)
             }
         }
         if let raw = value("strength") {
@@ -172,7 +200,7 @@ public struct Job: Sendable {
             }
         }
         if let raw = value("formats") {
-            let formatList = "a list of \"png\", \"npy\", \"latents\""
+            let formatList = "a list of \"png\", \"npy\", \"latents\", \"stages\""
             guard let list = raw as? [String], !list.isEmpty else { throw fail("formats", formatList) }
             formats = try list.map { name in
                 guard let format = Format(rawValue: name) else { throw fail("formats", formatList) }

@@ -13,19 +13,22 @@ public struct OneShotRender {
     public init() {}
 
     /// Plans `jobPath` as `run` would, reading no weights: `diffusiond render --dry-run`.
-    public func plan(jobPath: String) throws -> RenderPlan {
+    public func plan(jobPath: String) throws -> CascadePlan {
         let (job, base) = try readJob(jobPath)
-        let model = try ModelResolver(directories: modelDirectories).directory(job.model, relativeTo: base)
-        return try makePlan(job, base: base, model: try model.describe())
+        return try makePlan(job, base: base)
     }
 
-    /// Renders `jobPath` into `outputDirectory`, reporting progress; returns the render.
+    /// Renders `jobPath` into `outputDirectory`, reporting progress (stage,
+    /// step, total within the stage); returns the render.
     @discardableResult
-    public func run(jobPath: String, outputDirectory: String, progress: (Int, Int) -> Void = { _, _ in }) throws -> Render {
+    public func run(jobPath: String, outputDirectory: String, progress: (Int, Int, Int) -> Void = { _, _, _ in }) throws
+        -> CascadeRender
+    {
         let (job, base) = try readJob(jobPath)
-        let model = try ModelResolver(directories: modelDirectories).load(job.model, relativeTo: base)
-        let render = try Render(plan: try makePlan(job, base: base, model: model.description), model: model,
-                                runtime: KernelRuntime(threadCount: threads))
+        let resolver = ModelResolver(directories: modelDirectories)
+        let render = try CascadeRender(plan: try makePlan(job, base: base), runtime: KernelRuntime(threadCount: threads)) {
+            try resolver.load($0, relativeTo: base)
+        }
         try render.run(progress: progress)
         try RenderOutput.write(render, to: outputDirectory)
         return render
@@ -37,10 +40,12 @@ public struct OneShotRender {
         let base = URL(fileURLWithPath: jobPath).deletingLastPathComponent().path
         // an init_image path is the job file's, as init_noise's
         if case .path(let path)? = job.initImage, !path.hasPrefix("/") { job.initImage = .path("\(base)/\(path)") }
+        if case .path(let path)? = job.image, !path.hasPrefix("/") { job.image = .path("\(base)/\(path)") }
         return (job, base)
     }
 
-    private func makePlan(_ job: Job, base: String, model: ModelDescription) throws -> RenderPlan {
+    private func makePlan(_ job: Job, base: String) throws -> CascadePlan {
+        let resolver = ModelResolver(directories: modelDirectories)
         var initNoise: Tensor?
         switch job.initNoise {
         case .path(let path)?:
@@ -51,8 +56,8 @@ public struct OneShotRender {
         case nil:
             break
         }
-        return try RenderPlan(job: job, model: model, registry: PluginRegistry(directories: pluginDirectories),
-                              limits: limits, initNoise: initNoise)
+        return try CascadePlan(job: job, describe: { try resolver.directory($0, relativeTo: base).describe() },
+                               registry: PluginRegistry(directories: pluginDirectories), limits: limits, initNoise: initNoise)
     }
 }
 

@@ -2,11 +2,12 @@ import DiffusionKernels
 import Foundation
 
 /// Everything a render needs to continue exactly where it was: the evaluations done,
-/// x_t, every image's generator, and the sampler's and guidance's state blobs.
+/// x_t, every image's generator, and the sampler's and guidance's state blobs;
+/// in a cascade, the stage and every earlier stage's images.
 /// It names the program, the job and the model it belongs to; one that names
 /// anything else is not resumed (the job starts again from its first step).
 public struct RenderCheckpoint: Codable, Sendable {
-    public static let format = 2
+    public static let format = 3
 
     public var format = RenderCheckpoint.format
     public var program: String
@@ -19,6 +20,14 @@ public struct RenderCheckpoint: Codable, Sendable {
     public var generators: [[UInt32]]
     public var shape: [Int]
     public var sample: Data
+    /// The cascade stage (0: the first) and the images of the stages before it.
+    public var stage: Int?
+    public var stageImages: [StageImages]?
+
+    public struct StageImages: Codable, Sendable {
+        public var shape: [Int]
+        public var data: Data
+    }
 }
 
 extension Render {

@@ -28,6 +28,9 @@ public final class Render: @unchecked Sendable {
     /// (the prompts and the negative prompts), encoded once per render.
     let conditionalContext: Tensor?
     let unconditionalContext: Tensor?
+    /// A super-resolution model's image input `[count, C, H, W]`: the low-resolution
+    /// images resized to the sample's size (pixel space) and noise-augmented.
+    public let conditioning: Tensor?
 
     public var job: Job { plan.job }
     public var seeds: [UInt64] { plan.seeds }
@@ -37,8 +40,12 @@ public final class Render: @unchecked Sendable {
     var labels: [Int]? { plan.labels }
 
     /// Executes `plan` on `model` (the model the plan was made for, now with its
-    /// weights): draws x_T, or takes the plan's `init_noise`.
-    public init(plan: RenderPlan, model: LoadedModel, runtime: KernelRuntime) throws {
+    /// weights): draws x_T, or takes the plan's `init_noise`. A later stage of a
+    /// cascade gets the stage before's images (`lowResolution`, in −1...1); the
+    /// augmentation noise is each image's own draw after x_T, or `augmentationNoise`.
+    public init(plan: RenderPlan, model: LoadedModel, runtime: KernelRuntime, lowResolution: Tensor? = nil,
+                augmentationNoise: Tensor? = nil) throws
+    {
         self.plan = plan
         self.model = model
         self.runtime = runtime
@@ -69,6 +76,8 @@ public final class Render: @unchecked Sendable {
                 generator.generator.fillNormal(sample.data + image * imageValues, count: imageValues)
             }
         }
+        conditioning = try Self.conditioning(plan, lowResolution: lowResolution, generators: generators,
+                                             noise: augmentationNoise, on: runtime)
         if let image = plan.initImage {
             try startFromImage(image)
         } else if plan.sampler.initNoiseSigma != 1 {
@@ -104,6 +113,38 @@ public final class Render: @unchecked Sendable {
         }
         sample = start
         completedEvaluations = plan.firstEvaluation
+    }
+
+    /// The super-resolution input: the images (the stage before's, or the job's
+    /// `image` for every image) resized as the pipeline does, then noised to the
+    /// augmentation level t: √ᾱ_t·x + √(1 − ᾱ_t)·ε, diffusers' add_noise.
+    private static func conditioning(_ plan: RenderPlan, lowResolution: Tensor?, generators: [ImageGenerator],
+                                     noise: Tensor?, on runtime: KernelRuntime) throws -> Tensor?
+    {
+        guard let superResolution = plan.model.superResolution else { return nil }
+        let count = plan.job.count
+        guard var images = lowResolution ?? plan.conditioningImage.map({ image in Tensor.stacking([Tensor](repeating: image, count: count)) }),
+              images.shape == [count] + plan.conditioningShape!
+        else { throw DiffusionError("a super-resolution stage without its \(plan.conditioningShape ?? []) images") }
+        if let mode = superResolution.upsample {
+            images = runtime.resize(images, height: plan.sampleShape[1], width: plan.sampleShape[2], mode: mode)
+        }
+        guard let alpha = plan.augmentationAlphaCumprod else { return images }
+        if let noise, noise.shape != images.shape {
+            throw DiffusionError("augmentation noise has shape \(noise.shape); this stage needs \(images.shape)")
+        }
+        let (signal, spread) = (alpha.squareRoot(), (1 - alpha).squareRoot())
+        let size = images.sliceCount
+        let draw = Tensor(uninitialized: [size])
+        let augmented = Tensor(uninitialized: images.shape)
+        for (index, generator) in generators.enumerated() {
+            let epsilon = noise.map { $0.data + index * size } ?? draw.data
+            if noise == nil { generator.generator.fillNormal(draw.data, count: size) }
+            for i in 0..<size {
+                augmented.data[index * size + i] = Float(signal * Double(images.data[index * size + i]) + spread * Double(epsilon[i]))
+            }
+        }
+        return augmented
     }
 
     /// Plans `job` for `model` and executes the plan: `diffusiond render`, tests, benchmarks.
@@ -151,7 +192,16 @@ public final class Render: @unchecked Sendable {
         }
         let contexts = [wantsConditional ? conditionalContext : nil, wantsUnconditional ? unconditionalContext : nil].compactMap { $0 }
         let passes = (wantsConditional ? 1 : 0) + (wantsUnconditional && (labels != nil || unconditionalContext != nil) ? 1 : 0)
-        let scaled = scaledSample(evaluation)
+        var scaled = scaledSample(evaluation)
+        if let conditioning, let superResolution = model.description.superResolution {
+            // the U-Net reads [sample, image]; LDMSuperResolutionPipeline scales both
+            scaled = superResolution.scalesImage && evaluation.inputScale != 1
+                ? Tensor.concatenatingChannels(scaled, conditioning.scaled(by: Float(evaluation.inputScale)))
+                : Tensor.concatenatingChannels(scaled, conditioning)
+            if let level = plan.noiseLevel, superResolution.augmentation?.levelIsClassInput == true {
+                passLabels = [Int](repeating: level, count: count * passes)
+            }
+        }
         let input = passes == 2 ? Tensor.stacking([scaled, scaled]) : scaled
         return ModelPass(input: input, timesteps: [Float](repeating: Float(evaluation.time), count: input.shape[0]),
                          alphasCumprod: [Double](repeating: evaluation.alphaCumprod, count: input.shape[0]), labels: passLabels,

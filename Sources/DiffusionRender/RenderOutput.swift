@@ -1,5 +1,6 @@
 import CPNG
 import DiffusionKernels
+import DiffusionModels
 import Foundation
 
 /// The files a finished render leaves in its output directory:
@@ -10,45 +11,64 @@ import Foundation
 /// `job.json` (the resolved job, prompts included), with format `npy`
 /// `samples.npy` (the final images, float32 `[count, C, H, W]`, unclamped: for a
 /// latent model the decoder's output) and with format `latents` `latents.npy`
-/// (a latent model's final latents).
+/// (a latent model's final latents); with format `stages`, a cascade's earlier
+/// stages' images and samples.npy in `stage-K/`.
 public enum RenderOutput {
     public static let programVersion = "0.1.0"
 
-    public static func write(_ render: Render, to directory: String) throws {
-        let fm = FileManager.default
+    public static func write(_ cascade: CascadeRender, to directory: String) throws {
+        let render = cascade.current
+        let job = cascade.plan.resolvedJob
+        let formats = render.job.formats
+        try writeImages(try render.images(of: render.sample), to: directory, model: render.model,
+                        range: render.model.description.sampleRange, seeds: render.seeds, job: job,
+                        columns: render.job.gridColumns, png: formats.contains(.png), npy: formats.contains(.npy),
+                        parameters: { parameters(render, image: $0) })
+        if cascade.job.formats.contains(.stages) {
+            for (index, images) in cascade.stageImages.enumerated() {
+                let stage = cascade.plan.stages[index]
+                try writeImages(images, to: "\(directory)/stage-\(index + 1)", model: nil, range: stage.model.sampleRange,
+                                seeds: stage.seeds, job: job, columns: stage.job.gridColumns, png: true, npy: true,
+                                parameters: nil)
+            }
+        }
+        if formats.contains(.latents) {
+            try NPYFile.write(render.sample, path: "\(directory)/latents.npy")
+        }
+        guard FileManager.default.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
+            throw DiffusionError.system("cannot write \(directory)/job.json")
+        }
+    }
+
+    /// One stage's images into `directory`: each PNG with the job, its seed and
+    /// (for the final images) the model's hash and the A1111 parameters; the
+    /// grid; samples.npy.
+    private static func writeImages(_ samples: Tensor, to directory: String, model: LoadedModel?, range: ClosedRange<Float>,
+                                    seeds: [UInt64], job: [String: Any], columns: Int?, png: Bool, npy: Bool,
+                                    parameters: ((Int) -> String)?) throws
+    {
         do {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
             throw DiffusionError("cannot create output directory \(directory): \(error.localizedDescription)")
         }
-        let range = render.model.description.sampleRange
-        let job = render.plan.resolvedJob
-        let samples = try render.images(of: render.sample)
         let (count, channels, height, width) = (samples.shape[0], samples.shape[1], samples.shape[2], samples.shape[3])
-        if render.job.formats.contains(.png) {
+        if png {
             for image in 0..<count {
                 var metadata = job
-                metadata["seed"] = NSNumber(value: render.seeds[image])
-                let text: [String: Any] = [
-                    "job": metadata, "image": image, "model_hash": render.model.contentHash,
-                    "program": "diffusiond \(programVersion)",
-                ]
+                metadata["seed"] = NSNumber(value: seeds[image])
+                var text: [String: Any] = ["job": metadata, "image": image, "program": "diffusiond \(programVersion)"]
+                text["model_hash"] = model?.contentHash
                 try PNGFile.write(path: String(format: "%@/image-%04d.png", directory, image),
                                   pixels: pixels(samples, images: image..<(image + 1), columns: 1, range: range),
                                   width: width, height: height, channels: channels,
                                   text: ["diffusiond": try json(text)],
-                                  latinText: ["parameters": parameters(render, image: image)])
+                                  latinText: parameters.map { ["parameters": $0(image)] } ?? [:])
             }
-            try writeGrid(samples, columns: render.job.gridColumns, range: range, to: "\(directory)/grid.png")
+            try writeGrid(samples, columns: columns, range: range, to: "\(directory)/grid.png")
         }
-        if render.job.formats.contains(.npy) {
+        if npy {
             try NPYFile.write(samples, path: "\(directory)/samples.npy")
-        }
-        if render.job.formats.contains(.latents) {
-            try NPYFile.write(render.sample, path: "\(directory)/latents.npy")
-        }
-        guard fm.createFile(atPath: "\(directory)/job.json", contents: Data((try json(job) + "\n").utf8)) else {
-            throw DiffusionError.system("cannot write \(directory)/job.json")
         }
     }
 

@@ -43,6 +43,13 @@ public final class RenderPlan: @unchecked Sendable {
     /// image stands for: diffusers' `int(steps · strength)` last steps are run).
     public let initImage: Tensor?
     public let firstEvaluation: Int
+    /// A super-resolution model's low-resolution input: the job's `image` as
+    /// `[1, C, h, w]` in −1...1 (nil for a later stage, which reads the stage
+    /// before), its shape `[C, h, w]`, and the augmentation level and its ᾱ.
+    public let conditioningImage: Tensor?
+    public let conditioningShape: [Int]?
+    public let noiseLevel: Int?
+    let augmentationAlphaCumprod: Double?
 
     /// The guidance scale of text-conditioned models without a
     /// recommended_guidance_scale, diffusers' StableDiffusionPipeline default.
@@ -54,16 +61,49 @@ public final class RenderPlan: @unchecked Sendable {
     /// The channel counts a PNG holds: grey, grey+alpha, RGB, RGBA.
     public static let pngChannels = 1...4
 
+    /// `previousStage`: the shape `[C, H, W]` of the images of the stage before,
+    /// for a later stage of a cascade.
     public init(job: Job, model: ModelDescription, registry: PluginRegistry, limits: RenderLimits,
-                initNoise: Tensor?) throws
+                initNoise: Tensor?, previousStage: [Int]? = nil) throws
     {
         var size = [job.height ?? model.defaultImageSize[0], job.width ?? model.defaultImageSize[1]]
+        var conditioningImage: Tensor?
+        var conditioningShape = previousStage
+        if let source = job.image {
+            guard let superResolution = model.superResolution else {
+                throw DiffusionError("image: this model does not upscale images (a super-resolution model does; image-to-image takes init_image)")
+            }
+            let image = try Self.readImage(source, key: "image")
+            conditioningImage = Self.encoderInput(image, channels: superResolution.imageChannels)
+            conditioningShape = [superResolution.imageChannels, image.height, image.width]
+        }
+        if let superResolution = model.superResolution {
+            guard let shape = conditioningShape else {
+                throw DiffusionError("this model upscales an image: give \"image\", or make it a later stage of a cascade")
+            }
+            guard shape[0] == superResolution.imageChannels else {
+                throw DiffusionError("this model upscales \(superResolution.imageChannels)-channel images, and the stage before makes \(shape[0])-channel ones")
+            }
+            if superResolution.upsample == nil {
+                // latent super-resolution: the latents are the image's size
+                let factor = model.latent?.factor ?? 1
+                let upscaled = [shape[1] * factor, shape[2] * factor]
+                if (job.height != nil && job.height != upscaled[0]) || (job.width != nil && job.width != upscaled[1]) {
+                    throw DiffusionError("this model upscales \(shape[2])x\(shape[1]) to \(upscaled[1])x\(upscaled[0]): leave out width and height")
+                }
+                size = upscaled
+            }
+        } else if conditioningShape != nil {
+            throw DiffusionError("a later stage of a cascade must be a super-resolution model; this one takes no image")
+        }
+        self.conditioningImage = conditioningImage
+        self.conditioningShape = conditioningShape
         var initImage: Tensor?
         if let source = job.initImage {
             guard let channels = model.latent?.encoderChannels else {
                 throw DiffusionError("init_image: this model has no image encoder (image-to-image needs an AutoencoderKL, as StableDiffusionPipeline's)")
             }
-            let image = try Self.readInitImage(source)
+            let image = try Self.readImage(source, key: "init_image")
             if (job.width != nil && job.width != image.width) || (job.height != nil && job.height != image.height) {
                 throw DiffusionError("init_image is \(image.width)x\(image.height): leave out width and height, or give its own")
             }
@@ -209,18 +249,47 @@ public final class RenderPlan: @unchecked Sendable {
             throw DiffusionError("init_noise has shape \(initNoise.shape); this job needs \([job.count] + shape)")
         }
         self.initNoise = initNoise
+        let augmentation = try Self.augmentation(job, model, registry: registry)
+        (noiseLevel, augmentationAlphaCumprod) = (augmentation?.0, augmentation?.1)
         seeds = job.seeds ?? (0..<job.count).map { _ in UInt64.random(in: 0...UInt64(Int64.max)) }
     }
 
-    static func readInitImage(_ source: Job.InitImage) throws -> PNGFile.Image {
+    static func readImage(_ source: Job.InitImage, key: String) throws -> PNGFile.Image {
         do {
             switch source {
             case .path(let path): return try PNGFile.read(path: path)
             case .inline(let bytes): return try PNGFile.read(data: bytes)
             }
         } catch let error as DiffusionError {
-            throw DiffusionError("init_image: \(error.message)")
+            throw DiffusionError("\(key): \(error.message)")
         }
+    }
+
+    /// The augmentation level of a super-resolution model (the job's, else the
+    /// model's `noise_level`) and its ᾱ in the schedule the image is noised with.
+    static func augmentation(_ job: Job, _ model: ModelDescription, registry: PluginRegistry) throws -> (Int, Double)? {
+        guard let augmentation = model.superResolution?.augmentation else {
+            if job.noiseLevel != nil {
+                throw DiffusionError(model.superResolution == nil
+                    ? "noise_level: this model is not a super-resolution model"
+                    : "noise_level: this model reads its image without noise augmentation")
+            }
+            return nil
+        }
+        var config: [String: Any] = [:]
+        if let data = augmentation.schedulerConfigData {
+            guard let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                throw DiffusionError("\(augmentation.schedulerConfigSource): not a JSON object")
+            }
+            config = object
+        }
+        let levels = try NoiseLevels(options: ComponentOptions(modelConfig: config, overrides: [:]), registry: registry)
+        let level = job.noiseLevel ?? augmentation.defaultLevel
+        let maximum = min(augmentation.maxLevel ?? Int.max, levels.trainSteps - 1)
+        guard (0...maximum).contains(level) else {
+            throw DiffusionError("noise_level \(level) is outside 0...\(maximum) for this model")
+        }
+        return (level, levels.alphasCumprod[level])
     }
 
     /// 8-bit samples to −1...1 `[1, channels, H, W]`, as diffusers' image processor
@@ -265,6 +334,12 @@ public final class RenderPlan: @unchecked Sendable {
         case .inline?: resolved["init_image"] = "inline"
         case nil: resolved["init_image"] = NSNull()
         }
+        switch job.image {
+        case .path(let path)?: resolved["image"] = path
+        case .inline?: resolved["image"] = "inline"
+        case nil: resolved["image"] = NSNull()
+        }
+        resolved["noise_level"] = noiseLevel ?? NSNull()
         resolved["strength"] = job.initImage != nil ? job.strength ?? Job.defaultStrength : NSNull()
         resolved["prompt"] = prompts ?? NSNull()
         resolved["negative_prompt"] = negativePrompts ?? NSNull()

@@ -85,7 +85,7 @@ struct Submit: ParsableCommand {
         abstract: "Queue a job: a job file (docs/jobs.md), flags for the common fields, or both (flags win).")
 
     @OptionGroup var global: Global
-    @Argument(help: "A job file; init_noise and init_image paths in it are read here and sent inline.") var file: String?
+    @Argument(help: "A job file; init_noise, init_image and image paths in it are read here and sent inline.") var file: String?
     @Option(help: "The model's name (see `diffctl models`).") var model: String?
     @Option(help: "The sampler plugin (ddim, ddpm, ...).") var sampler: String?
     @Option(help: "Sampling steps.") var steps: Int?
@@ -96,6 +96,10 @@ struct Submit: ParsableCommand {
     @Option(help: "The prompt CFG's unconditional pass reads (default: the empty prompt).") var negativePrompt: String?
     @Option(help: "Image-to-image: the PNG to start from (sent inline).") var image: String?
     @Option(help: "Image-to-image: how much of the schedule re-draws the image, 0 < s <= 1 (default 0.8).") var strength: Double?
+    @Option(help: "Super-resolution: the PNG a super-resolution model upscales (sent inline).") var upscale: String?
+    @Option(help: "Super-resolution: the augmentation level of its image (default: the model's noise_level).") var noiseLevel: Int?
+    @Option(help: "A cascade's next stage: a super-resolution model conditioned on the stage before (repeatable).")
+    var stage: [String] = []
     @Option(help: "Image width in pixels (default: the model's).") var width: Int?
     @Option(help: "Image height in pixels (default: the model's).") var height: Int?
     @Option(help: "Guidance: cfg or classifier.") var guidance: String?
@@ -115,7 +119,7 @@ struct Submit: ParsableCommand {
             else { fail("diffctl: \(file): not a readable JSON object", code: 1) }
             job = object
             // the files a job names are read here and sent inline: the daemon opens none
-            for (key, inline) in [("init_noise", "npy_base64"), ("init_image", "png_base64")] {
+            for (key, inline) in [("init_noise", "npy_base64"), ("init_image", "png_base64"), ("image", "png_base64")] {
                 guard let path = job[key] as? String else { continue }
                 let base = URL(fileURLWithPath: file).deletingLastPathComponent()
                 let url = path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)
@@ -138,6 +142,12 @@ struct Submit: ParsableCommand {
             job["init_image"] = ["png_base64": bytes.base64EncodedString()]
         }
         if let strength { job["strength"] = strength }
+        if let upscale {
+            guard let bytes = FileManager.default.contents(atPath: upscale) else { fail("diffctl: --upscale: cannot read \(upscale)", code: 1) }
+            job["image"] = ["png_base64": bytes.base64EncodedString()]
+        }
+        if let noiseLevel { job["noise_level"] = noiseLevel }
+        if !stage.isEmpty { job["stages"] = (job["stages"] as? [Any] ?? []) + stage.map { ["model": $0] } }
         if let width { job["width"] = width }
         if let height { job["height"] = height }
         if let guidance { job["guidance"] = ["kind": guidance] }
@@ -280,7 +290,7 @@ struct Watch: ParsableCommand {
                     let line = progressLine(job)
                     let progress = job["progress"] as? [String: Any] ?? [:]
                     let tenth = (progress["step"] as? Int ?? 0) * 10 / max(progress["total"] as? Int ?? 1, 1)
-                    let mark = "\(job["state"] ?? "") \(tenth)"
+                    let mark = "\(job["state"] ?? "") \(progress["stage"] ?? 1) \(tenth)"
                     if tty {
                         FileHandle.standardError.write(Data("\r\u{1B}[K\(line)".utf8))
                     } else if mark != lastMark && line != lastLine {
@@ -326,7 +336,9 @@ struct Watch: ParsableCommand {
         if let seconds = progress["eta_seconds"] as? Double {
             eta = String(format: "  ETA %d:%02d", Int(seconds) / 60, Int(seconds) % 60)
         }
-        return "job \(job["id"] ?? "?") \(job["state"] ?? "?") [\(bar)] step \(step)/\(total)  images \(progress["images_done"] ?? 0)/\(progress["count"] ?? 0)\(eta)"
+        let stages = progress["stages"] as? Int ?? 1
+        let stage = stages > 1 ? "stage \(progress["stage"] ?? 1)/\(stages) " : ""
+        return "job \(job["id"] ?? "?") \(job["state"] ?? "?") [\(bar)] \(stage)step \(step)/\(total)  images \(progress["images_done"] ?? 0)/\(progress["count"] ?? 0)\(eta)"
     }
 }
 
@@ -474,8 +486,9 @@ struct Models: ParsableCommand {
             let classes = (model["class_embeddings"] as? Int).map { "  \($0) class embeddings" } ?? ""
             let size = (model["image_size"] as? [Int]).map { "  \($0[1])x\($0[0])" } ?? ""
             let text = model["text_conditioned"] as? Bool == true ? "  text" : ""
+            let upscaler = model["super_resolution"] is [String: Any] ? "  super-resolution" : ""
             let problem = (model["problem"] as? String).map { "  refused: \($0)" } ?? ""
-            print("\(model["name"] ?? "")  \(model["path"] ?? "")\(size)\(classes)\(text)\(model["classifier"] as? Bool == true ? "  classifier" : "")\(problem)")
+            print("\(model["name"] ?? "")  \(model["path"] ?? "")\(size)\(classes)\(text)\(upscaler)\(model["classifier"] as? Bool == true ? "  classifier" : "")\(problem)")
         }
     }
 }

@@ -110,12 +110,15 @@ struct RenderJob: ParsableCommand {
                 return
             }
             guard let output else { throw ValidationError("--output is required (or --dry-run)") }
-            let done = try render.run(jobPath: job, outputDirectory: output) { step, total in
+            let stages = try render.plan(jobPath: job).stages.count
+            let done = try render.run(jobPath: job, outputDirectory: output) { stage, step, total in
                 if !quiet && (step == total || step % max(total / 10, 1) == 0) {
-                    FileHandle.standardError.write(Data("step \(step)/\(total)\n".utf8))
+                    let prefix = stages > 1 ? "stage \(stage + 1)/\(stages) " : ""
+                    FileHandle.standardError.write(Data("\(prefix)step \(step)/\(total)\n".utf8))
                 }
             }
-            print("rendered \(done.job.count) image(s) with \(done.plan.samplerName) in \(done.totalSteps) steps into \(output)")
+            let samplers = done.plan.stages.map(\.samplerName).joined(separator: " + ")
+            print("rendered \(done.job.count) image(s) with \(samplers) in \(done.plan.totalSteps) steps into \(output)")
         } catch let error as DiffusionError {
             FileHandle.standardError.write(Data("diffusiond: \(error.message)\n".utf8))
             throw ExitCode(1)

@@ -30,7 +30,7 @@ import Testing
         ("resnet_time_scale_shift", #""spatial""#, #"resnet_time_scale_shift = "spatial" is not supported"#),
         ("time_embedding_type", #""learned""#, #"time_embedding_type = "learned" is not supported"#),
         ("down_block_types", #"["DownBlock2D", "CrossAttnDownBlock2D"]"#, #"down_block_types = "CrossAttnDownBlock2D""#),
-        ("class_embed_type", #""timestep""#, #"class_embed_type = "timestep" is not supported"#),
+        ("class_embed_type", #""identity""#, #"class_embed_type "identity" is not supported"#),
         ("mid_block_type", #""UNetMidBlock2DCrossAttn""#, #"mid_block_type = "UNetMidBlock2DCrossAttn""#),
         ("downsample_type", #""resnet""#, #"downsample_type = "resnet""#),
         ("cross_attention_dim", "768", "unknown key cross_attention_dim = 768"),

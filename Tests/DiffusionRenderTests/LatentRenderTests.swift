@@ -22,7 +22,7 @@ import Testing
         var render = OneShotRender()
         render.pluginDirectories = [TestSupport.buildDirectory]
         render.modelDirectories = [Self.root]
-        return try render.run(jobPath: "\(Self.root)/\(model)/\(name).json", outputDirectory: output)
+        return try render.run(jobPath: "\(Self.root)/\(model)/\(name).json", outputDirectory: output).current
     }
 
     @Test(arguments: cases)
@@ -46,7 +46,7 @@ import Testing
         var oneShot = OneShotRender()
         oneShot.pluginDirectories = [TestSupport.buildDirectory]
         oneShot.modelDirectories = [Self.root]
-        let render = try oneShot.run(jobPath: "\(output)/job.json", outputDirectory: "\(output)/out")
+        let render = try oneShot.run(jobPath: "\(output)/job.json", outputDirectory: "\(output)/out").current
         #expect(try NPYFile.read(path: "\(output)/out/latents.npy").shape == [2, 4, 16, 12])
         #expect(try NPYFile.read(path: "\(output)/out/samples.npy").shape == [2, 3, 32, 24])
         let resolved = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(output)/out/job.json"))) as! [String: Any]

@@ -126,7 +126,7 @@ import Testing
     /// A pipeline this host does not render as a whole is refused, naming what.
     @Test(arguments: [
         (#"{"_class_name": "StableDiffusionXLPipeline", "vae": ["diffusers", "AutoencoderKL"], "unet": ["diffusers", "UNet2DConditionModel"], "scheduler": ["diffusers", "EulerDiscreteScheduler"]}"#,
-         "model_index.json: pipeline StableDiffusionXLPipeline is not supported (supported: DDIMPipeline, DDPMPipeline, GaussianMixture, LDMPipeline, ScoreSdeVePipeline, StableDiffusionPipeline)"),
+         "model_index.json: pipeline StableDiffusionXLPipeline is not supported (supported: DDIMPipeline, DDPMPipeline, GaussianMixture, LDMPipeline, LDMSuperResolutionPipeline, PixelSuperResolutionPipeline, ScoreSdeVePipeline, StableDiffusionPipeline, StableDiffusionUpscalePipeline)"),
         (#"{"_class_name": "LDMPipeline", "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,
          "model_index.json: a LDMPipeline needs its vqvae component"),
         (#"{"_class_name": "DDPMPipeline", "vqvae": ["diffusers", "VQModel"], "unet": ["diffusers", "UNet2DModel"], "scheduler": ["diffusers", "DDIMScheduler"]}"#,

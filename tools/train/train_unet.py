@@ -37,30 +37,24 @@ SCHEDULE = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", pre
                 clip_sample=False)  # clipping x0 at the cosine schedule's first steps saturates samples
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--minutes", type=float, default=45)
+def add_training_arguments(parser, checkpoint, minutes=45, lr=1e-3):
+    """The options every trainer here shares."""
+    parser.add_argument("--minutes", type=float, default=minutes)
     parser.add_argument("--steps", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lr", type=float, default=lr)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--checkpoint", default="tools/train/checkpoints/unet.pt")
-    parser.add_argument("--output", default="models/fashion-mnist")
-    parser.add_argument("--guidance-scale", type=float, default=3.0,
-                        help="recorded as recommended_guidance_scale (chosen with tools/eval/evaluate.py)")
-    args = parser.parse_args()
-    print("command:", " ".join(["python"] + sys.argv), flush=True)
+    parser.add_argument("--checkpoint", default=checkpoint)
 
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    images, labels = load("train")
-    model = UNet2DModel(**UNET)
+
+def train(model, loss, args):
+    """AdamW on loss(model) with a short warm-up, gradient clipping and an EMA of
+    the weights, until --minutes or --steps; resumes from --checkpoint and saves
+    it every five minutes. Returns (the EMA model, steps, seconds)."""
     ema = copy.deepcopy(model).eval()
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    scheduler = DDPMScheduler(**SCHEDULE)
-    alphas = scheduler.alphas_cumprod
     step, seconds = 0, 0.0
     checkpoint = pathlib.Path(args.checkpoint)
     if checkpoint.exists():
@@ -81,16 +75,9 @@ def main():
     start, last_save, running = time.time() - seconds, time.time(), 0.0
     model.train()
     while step < args.steps and (time.time() - start) < args.minutes * 60:
-        index = torch.randint(0, images.shape[0], (args.batch,))
-        x0, y = images[index], labels[index].clone()
-        y[torch.rand(args.batch) < 0.15] = NULL_CLASS
-        t = torch.randint(0, 1000, (args.batch,))
-        noise = torch.randn_like(x0)
-        a = alphas[t].view(-1, 1, 1, 1)
-        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(xt, t, class_labels=y).sample, noise)
+        value = loss(model)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        value.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         # a short warm-up, then a constant learning rate
         for group in optimizer.param_groups:
@@ -101,7 +88,7 @@ def main():
             for e, p in zip(ema.parameters(), model.parameters()):
                 e.mul_(decay).add_(p.detach(), alpha=1 - decay)
         step += 1
-        running = 0.98 * running + 0.02 * loss.item() if step > 1 else loss.item()
+        running = 0.98 * running + 0.02 * value.item() if step > 1 else value.item()
         seconds = time.time() - start
         if step % 100 == 0:
             print(f"step {step}  loss {running:.4f}  {seconds / 60:.1f} min", flush=True)
@@ -110,6 +97,34 @@ def main():
             last_save = time.time()
     save()
     print(f"trained {step} steps in {seconds / 60:.1f} minutes", flush=True)
+    return ema, step, seconds
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser, "tools/train/checkpoints/unet.pt")
+    parser.add_argument("--output", default="models/fashion-mnist")
+    parser.add_argument("--guidance-scale", type=float, default=3.0,
+                        help="recorded as recommended_guidance_scale (chosen with tools/eval/evaluate.py)")
+    args = parser.parse_args()
+    print("command:", " ".join(["python"] + sys.argv), flush=True)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    images, labels = load("train")
+    alphas = DDPMScheduler(**SCHEDULE).alphas_cumprod
+
+    def loss(model):
+        index = torch.randint(0, images.shape[0], (args.batch,))
+        x0, y = images[index], labels[index].clone()
+        y[torch.rand(args.batch) < 0.15] = NULL_CLASS
+        t = torch.randint(0, 1000, (args.batch,))
+        noise = torch.randn_like(x0)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        return F.mse_loss(model(xt, t, class_labels=y).sample, noise)
+
+    ema, step, seconds = train(UNet2DModel(**UNET), loss, args)
 
     output = pathlib.Path(args.output)
     DDPMPipeline(unet=ema.half(), scheduler=DDIMScheduler(**SCHEDULE)).save_pretrained(output)

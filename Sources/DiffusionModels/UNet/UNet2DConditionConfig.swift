@@ -3,8 +3,9 @@ import Foundation
 
 /// `UNet2DConditionModel`'s config.json as Stable Diffusion 1.x and 2.x use it:
 /// cross-attention blocks on text embeddings. Every key diffusers writes is
-/// known; one that only other models use (SDXL's `addition_embed_type`, a class
-/// embedding, ...) is refused at load naming the key.
+/// known; one that only other models use (SDXL's `addition_embed_type`, ...) is
+/// refused at load naming the key. A class embedding is read as
+/// `ClassEmbeddingType` (the x4 upscaler's noise level is one).
 public struct UNet2DConditionConfig: Sendable, Equatable {
     public enum DownBlock: String, Sendable { case plain = "DownBlock2D", crossAttention = "CrossAttnDownBlock2D" }
     public enum UpBlock: String, Sendable { case plain = "UpBlock2D", crossAttention = "CrossAttnUpBlock2D" }
@@ -31,6 +32,7 @@ public struct UNet2DConditionConfig: Sendable, Equatable {
     public var crossAttentionDim = 1280
     public var useLinearProjection = false
     public var timeEmbeddingDim: Int?
+    public var classEmbedding: ClassEmbeddingType?
 
     public init() {}
 
@@ -94,7 +96,8 @@ public struct UNet2DConditionConfig: Sendable, Equatable {
         try reader.requireDefault("conv_in_kernel", 3)
         try reader.requireDefault("conv_out_kernel", 3)
         // keys only other models set (SDXL, unCLIP, ControlNet-style conditioning): null here
-        for key in ["addition_embed_type", "addition_time_embed_dim", "class_embed_type", "num_class_embeds",
+        classEmbedding = try ClassEmbeddingType.read(&reader)
+        for key in ["addition_embed_type", "addition_time_embed_dim",
                     "encoder_hid_dim", "encoder_hid_dim_type", "projection_class_embeddings_input_dim",
                     "time_cond_proj_dim", "time_embedding_act_fn", "timestep_post_act", "cross_attention_norm",
                     "mid_block_only_cross_attention", "reverse_transformer_layers_per_block"] {

@@ -17,6 +17,7 @@ public final class UNet2DConditionModel: Sendable {
     let convIn: Conv2DLayer
     let timeLinear1: LinearLayer
     let timeLinear2: LinearLayer
+    let classEmbedding: ClassEmbedding?
     let down: [Level]
     let midFirst: ResnetBlock
     let midTransformer: SpatialTransformer
@@ -43,6 +44,10 @@ public final class UNet2DConditionModel: Sendable {
         convIn = try w.conv("conv_in", in: config.inChannels, out: channels[0], kernel: 3, padding: .uniform(1))
         timeLinear1 = try w.linear("time_embedding.linear_1", in: channels[0], out: timeDim)
         timeLinear2 = try w.linear("time_embedding.linear_2", in: timeDim, out: timeDim)
+        classEmbedding = try config.classEmbedding.map {
+            try ClassEmbedding(&w, $0, featureDim: channels[0], timeEmbedDim: timeDim, flipSinToCos: config.flipSinToCos,
+                               freqShift: config.freqShift)
+        }
 
         down = try (0..<levels).map { level in
             let prefix = "down_blocks.\(level)"
@@ -95,8 +100,11 @@ public final class UNet2DConditionModel: Sendable {
 
     /// The model output for `sample` `[n, in, h, w]` at one timestep per image,
     /// each image reading its own text states (`context`, channel-major
-    /// `[n, cross_attention_dim, tokens, 1]`).
-    public func forward(_ sample: Tensor, timesteps: [Float], context: Tensor, on k: KernelRuntime) throws -> Tensor {
+    /// `[n, cross_attention_dim, tokens, 1]`) and, for a model with a class
+    /// embedding, its class input (the x4 upscaler's noise level).
+    public func forward(_ sample: Tensor, timesteps: [Float], context: Tensor, classLabels: [Int]? = nil,
+                        on k: KernelRuntime) throws -> Tensor
+    {
         let batch = sample.shape.first ?? 0
         guard sample.shape.count == 4, sample.shape[1] == config.inChannels, batch > 0, timesteps.count == batch else {
             throw DiffusionError("the model takes samples [batch, \(config.inChannels), height, width] and a timestep each, not \(sample.shape) and \(timesteps.count)")
@@ -111,6 +119,7 @@ public final class UNet2DConditionModel: Sendable {
         var time = k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0], flipSinToCos: config.flipSinToCos,
                                        freqShift: config.freqShift)
         time = k.linear(k.linear(time, timeLinear1), timeLinear2, siluInput: true)
+        time = try ClassEmbedding.add(classEmbedding, classLabels, to: time, batch: batch, on: k)
         let activatedTime = k.silu(time)
 
         var h = k.conv2d(config.centerInputSample ? k.affine(sample, scale: 2, shift: -1) : sample, convIn)

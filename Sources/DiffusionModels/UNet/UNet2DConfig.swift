@@ -46,7 +46,16 @@ public struct UNet2DConfig: Sendable, Equatable {
     public var attnNormNumGroups: Int?
     public var normEps: Float = 1e-5
     public var addAttention = true
-    public var numClassEmbeds: Int?
+    /// `num_class_embeds` labels, or with `class_embed_type: "timestep"` a level
+    /// fed through the time embedding's features (a super-resolution stage's
+    /// augmentation level).
+    public var classEmbedding: ClassEmbeddingType?
+
+    /// The labels of a class table (nil without one, or for a "timestep" input).
+    public var numClassEmbeds: Int? {
+        get { if case .table(let count)? = classEmbedding { count } else { nil } }
+        set { classEmbedding = newValue.map { .table(count: $0) } }
+    }
 
     public init() {}
 
@@ -99,10 +108,7 @@ public struct UNet2DConfig: Sendable, Equatable {
         normEps = try reader.float("norm_eps") ?? normEps
         timeScaleShift = try reader.require("resnet_time_scale_shift", oneOf: ["default", "scale_shift"]) == "scale_shift"
         addAttention = try reader.bool("add_attention") ?? addAttention
-        if let classEmbedType = reader.value("class_embed_type"), !(classEmbedType is NSNull) {
-            throw reader.unsupported("class_embed_type", classEmbedType)
-        }
-        numClassEmbeds = try reader.int("num_class_embeds")
+        classEmbedding = try ClassEmbeddingType.read(&reader)
         _ = try reader.int("num_train_timesteps")
         try reader.rejectUnknownKeys()
         try validate(source: source)
@@ -138,8 +144,8 @@ public struct UNet2DConfig: Sendable, Equatable {
         if let groups = attnNormNumGroups, let last = blockOutChannels.last, groups <= 0 || last % groups != 0 {
             throw DiffusionError("\(source): attn_norm_num_groups \(groups) does not divide \(last) channels")
         }
-        if let classes = numClassEmbeds, classes < 1 {
-            throw DiffusionError("\(source): num_class_embeds must be positive, not \(classes)")
+        if classEmbedding == .timestep && fourierTimeEmbedding {
+            throw DiffusionError("\(source): class_embed_type \"timestep\" with Fourier time features is not supported")
         }
     }
 }

@@ -14,7 +14,7 @@ public final class UNet2DModel: Sendable {
     let fourierWeight: Tensor?
     let timeLinear1: LinearLayer
     let timeLinear2: LinearLayer
-    let classEmbedding: Tensor?
+    let classEmbedding: ClassEmbedding?
     /// A level of either kind: diffusers' own blocks, or NCSN++'s skip blocks.
     enum DownLevel: Sendable { case plain(DownBlock), skip(SkipDownBlock) }
     enum UpLevel: Sendable { case plain(UpBlock), skip(SkipUpBlock) }
@@ -36,8 +36,9 @@ public final class UNet2DModel: Sendable {
         fourierWeight = config.fourierTimeEmbedding ? try w.tensor("time_proj.weight", shape: [channels[0]]) : nil
         timeLinear1 = try w.linear("time_embedding.linear_1", in: config.timeFeatureDim, out: timeDim)
         timeLinear2 = try w.linear("time_embedding.linear_2", in: timeDim, out: timeDim)
-        classEmbedding = try config.numClassEmbeds.map {
-            try w.tensor("class_embedding.weight", shape: [$0, timeDim])
+        classEmbedding = try config.classEmbedding.map {
+            try ClassEmbedding(&w, $0, featureDim: config.timeFeatureDim, timeEmbedDim: timeDim,
+                               flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
         }
         func attention(_ prefix: String, _ channels: Int, groups: Int?, rescale: Float = 1) throws -> AttentionLayer {
             try w.attention(prefix, channels: channels, headDim: config.attentionHeadDim ?? channels, groups: groups,
@@ -124,8 +125,9 @@ public final class UNet2DModel: Sendable {
 
     /// The model output for `sample` at `timesteps` (one per image).
     ///
-    /// `classLabels` (one per image) are required exactly when the model is
-    /// class-conditional (`num_class_embeds`).
+    /// `classLabels` (one per image: a label, or a super-resolution stage's
+    /// augmentation level) are required exactly when the model has a class
+    /// embedding.
     public func forward(_ sample: Tensor, timesteps: [Float], classLabels: [Int]? = nil, on k: KernelRuntime) throws
         -> Tensor
     {
@@ -148,20 +150,7 @@ public final class UNet2DModel: Sendable {
             ?? k.timestepEmbedding(timesteps, dimension: config.blockOutChannels[0],
                                    flipSinToCos: config.flipSinToCos, freqShift: config.freqShift)
         time = k.linear(k.linear(time, timeLinear1), timeLinear2, siluInput: true)
-        switch (classEmbedding, classLabels) {
-        case let (table?, labels?):
-            guard labels.count == batch else { throw DiffusionError("\(labels.count) class labels for a batch of \(batch)") }
-            if let bad = labels.first(where: { !(0..<table.shape[0]).contains($0) }) {
-                throw DiffusionError("class label \(bad) outside 0..<\(table.shape[0])")
-            }
-            time = k.add(time, k.embeddingLookup(table, indices: labels))
-        case (_?, nil):
-            throw DiffusionError("this model is class-conditional: give a class label per image")
-        case (nil, _?):
-            throw DiffusionError("this model is not class-conditional: it takes no class labels")
-        case (nil, nil):
-            break
-        }
+        time = try ClassEmbedding.add(classEmbedding, classLabels, to: time, batch: batch, on: k)
         let activatedTime = k.silu(time)
 
         var h = config.centerInputSample ? k.affine(sample, scale: 2, shift: -1) : sample
