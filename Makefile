@@ -82,7 +82,7 @@ install: build
 
 stage:
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins \
-	  $(DESTDIR)$(PREFIX)/share/diffusiond/models $(DESTDIR)$(PREFIX)/share/doc/diffusiond \
+	  $(DESTDIR)$(PREFIX)/share/diffusiond/models $(DESTDIR)$(PREFIX)/share/doc/diffusiond/examples \
 	  $(DESTDIR)/etc/diffusiond $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/sysusers.d \
 	  $(DESTDIR)$(PREFIX)/lib/tmpfiles.d $(DESTDIR)$(PREFIX)/include/diffusiond $(DESTDIR)$(PREFIX)/lib/pkgconfig \
 	  $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5 $(DESTDIR)$(PREFIX)/share/man/man8 \
@@ -90,10 +90,11 @@ stage:
 	  $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
 	install -m 755 $(BIN)/diffusiond $(BIN)/diffctl $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 $(BIN)/libdiffusion-plugin-*.so $(DESTDIR)$(PREFIX)/lib/diffusiond/plugins/
-	for model in fashion-mnist fashion-mnist-text; do \
+	for model in fashion-mnist fashion-mnist-text fashion-mnist-14 fashion-mnist-sr; do \
 	  rm -rf $(DESTDIR)$(PREFIX)/share/diffusiond/models/$$model; \
 	  cp -R models/$$model $(DESTDIR)$(PREFIX)/share/diffusiond/models/; done
 	install -m 644 README.md docs/*.md $(DESTDIR)$(PREFIX)/share/doc/diffusiond/
+	install -m 644 docs/examples/*.json $(DESTDIR)$(PREFIX)/share/doc/diffusiond/examples/
 	[ -e $(DESTDIR)/etc/diffusiond/diffusiond.toml ] || install -m 644 etc/diffusiond.toml $(DESTDIR)/etc/diffusiond/
 	for unit in diffusiond.service diffusiond.socket; do \
 	  sed 's|/usr/local|$(PREFIX)|g' systemd/$$unit > $(DESTDIR)$(PREFIX)/lib/systemd/system/$$unit; done

@@ -70,14 +70,8 @@ import Testing
         try daemon.wait(for: upscaleID, state: "succeeded", seconds: 120)
 
         try daemon.drop("cascade.json", #"{"model": "fashion-mnist-14", "steps": 2, "class": 1, "seed": 3, "stages": [{"model": "fashion-mnist-sr", "steps": 2}]}"#)
-        let deadline = Date().addingTimeInterval(30 * DaemonProcess.timeScale)
-        var spooled: String?
-        while spooled == nil && Date() < deadline {
-            let jobs = try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
-            spooled = jobs.first { $0["source"] as? String == "spool cascade.json" }?["id"] as? String
-            usleep(50_000)
-        }
-        try daemon.wait(for: try #require(spooled, "the spool job was not taken in"), state: "succeeded", seconds: 120)
+        let spooled = try daemon.spooledJob("cascade.json")
+        try daemon.wait(for: spooled, state: "succeeded", seconds: 120)
 
         let refused = try daemon.call(["verb": "submit", "job": ["model": "fashion-mnist-14", "stages": [["model": "fashion-mnist"]]]])
         #expect(refused["error"] as? String == "job: stage 2 (fashion-mnist): a later stage of a cascade must be a super-resolution model; this one takes no image", "\(refused)")

@@ -183,6 +183,17 @@ final class DaemonProcess {
         guard rename(tmp, "\(state)/spool/new/\(name)") == 0 else { throw DiffusionError("rename failed") }
     }
 
+    /// The id of the job the spool file `name` became, once the daemon has taken it in (30 s at most).
+    func spooledJob(_ name: String) throws -> String {
+        let deadline = Date().addingTimeInterval(30 * Self.timeScale)
+        while Date() < deadline {
+            let jobs = try call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
+            if let id = jobs.first(where: { $0["source"] as? String == "spool \(name)" })?["id"] as? String { return id }
+            usleep(50_000)
+        }
+        throw DiffusionError("the spool file \(name) was not taken in")
+    }
+
     /// A small job of the default model.
     static func smallJob(steps: Int = 4, count: Int = 1, seed: Int = 1, label: Int = 7) -> [String: Any] {
         ["model": "fashion-mnist", "sampler": "ddim", "steps": steps, "count": count, "seed": seed, "class": label]

@@ -15,14 +15,15 @@ import Testing
         let expected = [
             "usr/bin/diffusiond", "usr/bin/diffctl", "usr/lib/diffusiond/plugins/libdiffusion-plugin-ddim.so",
             "usr/share/diffusiond/models/fashion-mnist/unet/config.json",
-            "usr/share/diffusiond/models/fashion-mnist-text/tokenizer/vocab.json", "etc/diffusiond/diffusiond.toml",
+            "usr/share/diffusiond/models/fashion-mnist-text/tokenizer/vocab.json",
+            "usr/share/diffusiond/models/fashion-mnist-sr/unet/config.json", "etc/diffusiond/diffusiond.toml",
             "usr/lib/systemd/system/diffusiond.service", "usr/lib/systemd/system/diffusiond.socket",
             "usr/lib/sysusers.d/diffusiond.conf", "usr/lib/tmpfiles.d/diffusiond.conf",
             "usr/include/diffusiond/diffusion_plugin.h", "usr/lib/pkgconfig/diffusion-plugin.pc",
             "usr/share/man/man1/diffctl.1", "usr/share/man/man8/diffusiond.8", "usr/share/man/man5/diffusiond.toml.5",
             "usr/share/man/man5/diffusiond-jobs.5", "usr/share/bash-completion/completions/diffctl",
             "usr/share/zsh/site-functions/_diffctl", "usr/share/fish/vendor_completions.d/diffctl.fish",
-            "usr/share/doc/diffusiond/protocol.md",
+            "usr/share/doc/diffusiond/protocol.md", "usr/share/doc/diffusiond/examples/cascade.json",
         ]
         for path in expected { #expect(FileManager.default.fileExists(atPath: "\(stage)/\(path)"), "\(path) is missing") }
         let unit = try String(contentsOfFile: "\(stage)/usr/lib/systemd/system/diffusiond.service", encoding: .utf8)

@@ -30,14 +30,7 @@ import Testing
         #expect((done["outputs"] as? [String] ?? []).contains { $0.hasSuffix("/image-0001.png") })
 
         try daemon.drop("score.json", #"{"model": "unet-tiny-score", "steps": 3, "seed": 5, "sampler": "langevin", "sampler_options": {"steps_per_level": 2, "sigma_max": 50}, "formats": ["npy"]}"#)
-        let deadline = Date().addingTimeInterval(30 * DaemonProcess.timeScale)
-        var spooled: String?
-        while spooled == nil && Date() < deadline {
-            let jobs = try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
-            spooled = jobs.first { $0["source"] as? String == "spool score.json" }?["id"] as? String
-            usleep(50_000)
-        }
-        let spoolID = try #require(spooled, "the spool job was not taken in")
+        let spoolID = try daemon.spooledJob("score.json")
         try daemon.wait(for: spoolID, state: "succeeded", seconds: 120)
         #expect(FileManager.default.fileExists(atPath: "\(daemon.state)/outputs/\(spoolID)/samples.npy"))
 

@@ -117,10 +117,14 @@ import Testing
         #expect(posix_spawn(&pid, "/bin/sh", &actions, nil, &argv, environ) == 0)
         close(log)
         close(listener)
+        // Once reaped, the pid may be another test's daemon: only a pid not yet waited for is killed.
+        var reaped = false
         defer {
-            kill(pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
+            if !reaped {
+                kill(pid, SIGKILL)
+                var status: Int32 = 0
+                waitpid(pid, &status, 0)
+            }
         }
         var pong: [String: Any]?
         let deadline = Date().addingTimeInterval(20)
@@ -134,6 +138,7 @@ import Testing
         kill(pid, SIGTERM)
         var status: Int32 = 0
         waitpid(pid, &status, 0)
+        reaped = true
         #expect(status == 0)
         // The socket belongs to systemd: the daemon leaves it in place.
         #expect(FileManager.default.fileExists(atPath: activated))

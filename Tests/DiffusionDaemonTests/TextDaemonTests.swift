@@ -35,14 +35,7 @@ import Testing
         #expect(resolved?["width"] as? Int == 24 && resolved?["height"] as? Int == 16)
 
         try daemon.drop("boots.json", #"{"model": "sd1-tiny", "steps": 2, "count": 2, "seed": 5, "prompt": ["boots", "a bag"], "formats": ["npy", "latents"]}"#)
-        let deadline = Date().addingTimeInterval(30 * DaemonProcess.timeScale)
-        var spooled: String?
-        while spooled == nil && Date() < deadline {
-            let jobs = try daemon.call(["verb": "list", "all": true])["jobs"] as? [[String: Any]] ?? []
-            spooled = jobs.first { $0["source"] as? String == "spool boots.json" }?["id"] as? String
-            usleep(50_000)
-        }
-        let spoolID = try #require(spooled, "the spool job was not taken in")
+        let spoolID = try daemon.spooledJob("boots.json")
         try daemon.wait(for: spoolID, state: "succeeded", seconds: 120)
         #expect(FileManager.default.fileExists(atPath: "\(daemon.state)/outputs/\(spoolID)/latents.npy"))
 
