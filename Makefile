@@ -1,5 +1,5 @@
 # The commands README.md gives a new user. Each installs what it needs first.
-APT_PACKAGES := libuv1-dev libsqlite3-dev libpng-dev libopenblas-dev pkg-config groff-base
+APT_PACKAGES := libuv1-dev libsqlite3-dev libpq-dev libpng-dev libopenblas-dev pkg-config groff-base postgresql iproute2
 SWIFT_BUILD_FLAGS ?=
 # A Python with torch and diffusers, for the PyTorch side of `make bench`
 # (`make tools-python` makes one in tools/.venv).

@@ -38,6 +38,7 @@ let package = Package(
         .systemLibrary(name: "COpenBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CUV", pkgConfig: "libuv", providers: [.apt(["libuv1-dev"])]),
         .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CPostgres", pkgConfig: "libpq", providers: [.apt(["libpq-dev"])]),
         .target(name: "CPNG", linkerSettings: [.linkedLibrary("png16")]),
         .target(name: "CAffinity"),
         .target(name: "CBLASCore", linkerSettings: [.linkedLibrary("openblas")]),
@@ -64,9 +65,9 @@ let package = Package(
         .target(name: "DiffusionRender", dependencies: ["DiffusionModels", "DiffusionPluginABI", "CPNG"],
                 swiftSettings: nativeCode),
 
-        // The daemon: libuv loop, spool, socket protocol, SQLite queue, render worker; and its client.
+        // The daemon: libuv loop, spool, socket protocol, the queue (SQLite or PostgreSQL), render worker; and its client.
         .target(name: "DiffusionDaemon", dependencies: [
-            "DiffusionRender", "CUV", "CSQLite", "CSocket", "CPNG", .product(name: "Logging", package: "swift-log"),
+            "DiffusionRender", "CUV", "CSQLite", "CPostgres", "CSocket", "CPNG", .product(name: "Logging", package: "swift-log"),
         ]),
 
         .executableTarget(

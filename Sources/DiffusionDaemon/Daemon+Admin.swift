@@ -33,7 +33,10 @@ extension Daemon {
         var changed: [String] = []
         for record in wanted {
             if record.state == .running {
-                guard let current = running[record.id] else { continue }
+                guard let current = running[record.id] else {
+                    if verb == "cancel", try store.requestCancel(record.id, by: who) { changed.append(String(record.id)) }
+                    continue
+                }
                 current.assignment.control.cancel.store(true, ordering: .relaxed)
             } else {
                 let past = verb == "cancel" ? "canceled" : verb == "hold" ? "held" : "released"

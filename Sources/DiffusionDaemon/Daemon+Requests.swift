@@ -164,6 +164,13 @@ extension Daemon {
             log.info("job \(record.id): cancel requested by \(who)")
             return
         }
+        // Running on another host of the shared queue: that host cancels it at its next lease renewal.
+        if record.state == .running, try store.requestCancel(record.id, by: who) {
+            log.info("job \(record.id): cancel requested by \(who) of \(record.leaseHost ?? "the host running it")")
+            reply(session, tag: tag, ["job": jobObject(try store.record(record.id)!),
+                                      "note": "cancel requested; \(record.leaseHost ?? "the host running it") stops the job within \(Int(config.leaseSeconds / 3) + 1) s"])
+            return
+        }
         guard try store.transition(record.id, from: [.queued, .held], to: .canceled, reason: "canceled by \(who)", error: "canceled") else {
             throw RequestError("job \(record.id) is \(record.state.rawValue); it cannot be canceled")
         }
@@ -222,6 +229,8 @@ extension Daemon {
             "max_attempts": record.maxAttempts,
             "model": record.model,
             "source": record.source,
+            // The host that runs it (or ran it last), on a shared queue.
+            "host": record.leaseHost ?? NSNull(),
             "progress": ["step": step, "total": total, "stage": stage, "stages": stages, "images_done": record.imagesDone,
                          "count": record.count,
                          "eta_seconds": eta, "preview": preview],
@@ -315,6 +324,10 @@ extension Daemon {
             "watchers": watchers.values.reduce(0) { $0 + $1.count },
             "pid": Int(getpid()),
             "state_directory": config.stateDirectory,
+            "queue": ["backend": config.queueBackend.rawValue, "host": config.hostName, "database": store.db.description],
+            "leases_lost": metrics.leasesLostTotal,
+            "leases_expired": metrics.leasesExpiredTotal,
+            "fenced_writes": metrics.fencedWritesTotal,
         ]
     }
 }

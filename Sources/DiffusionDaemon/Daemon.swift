@@ -6,13 +6,19 @@ import Foundation
 import Logging
 
 /// The daemon: one libuv loop owning the spool watcher, the socket, timers and
-/// signals; a SQLite queue; one render worker thread. Everything here runs on
-/// the loop's thread; the worker talks back only through `WorkerEvent`s.
+/// signals; the queue (SQLite, or PostgreSQL shared with other hosts); one
+/// render worker thread. Everything here runs on the loop's thread; the worker
+/// talks back only through `WorkerEvent`s.
 public final class Daemon {
     private(set) var config: DaemonConfig
     private let configPath: String?
     let loop: EventLoop
     let store: JobStore
+    /// The shared queue's connection (the postgresql backend), whose socket the loop watches for NOTIFY.
+    private let postgres: PostgresDatabase?
+    private var notifications: LoopPoll?
+    /// Where the worker keeps checkpoints.
+    private let checkpoints: CheckpointStore
     let spool: Spool
     var registry: PluginRegistry
     let log = Logger(label: "diffusiond")
@@ -24,6 +30,7 @@ public final class Daemon {
     /// A job the worker has, with its live progress.
     struct Running {
         let assignment: RenderAssignment
+        var lease: Lease { assignment.lease }
         let startedAt: UInt64
         /// The step and total within the current stage (1-based, of `stages`).
         var step = 0
@@ -53,6 +60,11 @@ public final class Daemon {
     private var scanTimer: LoopTimer!
     private var scanPending = false
     private var backoffTimer: LoopTimer!
+    /// Ends the worker reported that the queue could not record yet (the
+    /// database was unreachable): recorded when it answers, if the lease still holds.
+    private var unsettled: [WorkerEvent] = []
+    /// Jobs watched here that run on another host: the state and step last shown.
+    private var remoteSeen: [Int: (JobRecord.State, Int)] = [:]
 
     /// Opens the state directory, the queue and the socket; `run()` then serves.
     public init(config: DaemonConfig, path: String?) throws {
@@ -63,7 +75,20 @@ public final class Daemon {
         }
         chmod(config.outputs, 0o755)
         lock = try StateLock(path: "\(config.stateDirectory)/diffusiond.lock")
-        store = try JobStore(path: config.database)
+        switch config.queueBackend {
+        case .sqlite:
+            postgres = nil
+            store = try JobStore(path: config.database, hostName: config.hostName, leaseSeconds: config.leaseSeconds)
+            checkpoints = CheckpointFiles(directory: config.checkpoints)
+        case .postgresql:
+            let url = config.queueURL ?? ""
+            let database = try PostgresDatabase(url: url, hostName: config.hostName)
+            postgres = database
+            store = try JobStore(database: database, hostName: config.hostName, leaseSeconds: config.leaseSeconds)
+            // The render thread's own connection.
+            checkpoints = CheckpointTable(store: try JobStore(database: try PostgresDatabase(url: url, hostName: config.hostName),
+                                                              hostName: config.hostName, leaseSeconds: config.leaseSeconds))
+        }
         spool = try Spool(root: config.spool, maxBytes: config.maxRequestBytes)
         registry = PluginRegistry(directories: config.allPluginDirectories)
         loop = try EventLoop()
@@ -79,15 +104,16 @@ public final class Daemon {
         signal(SIGPIPE, SIG_IGN)
         for problem in registry.problems { log.warning("\(problem)") }
         log.info("plugins: \(registry.libraries.map(\.name).joined(separator: ", "))")
-        let interrupted = try store.requeueInterrupted(poisonAfter: config.poisonAfterCrashes)
-        for id in interrupted.queued { log.notice("job \(id) was running when the daemon stopped; queued again") }
-        for id in interrupted.poisoned {
-            log.error("job \(id) was running at \(config.poisonAfterCrashes) unclean exits in a row; failed as a poison job")
-        }
+        requeueAbandoned(startup: true)
 
         let wake = LoopAsync(loop) { [unowned self] in drainWorker() }
+        if let table = checkpoints as? CheckpointTable {
+            let skipped = Logger(label: "diffusiond.worker")
+            table.onSkipped = { id, error in skipped.warning("job \(id): checkpoint skipped: \(error)") }
+        }
         worker = RenderWorker(wake: wake, registry: registry, modelDirectories: config.allModelDirectories,
-                              cacheBytes: config.modelCacheMB << 20, limits: config.limits, threads: config.threads)
+                              cacheBytes: config.modelCacheMB << 20, limits: config.limits, threads: config.threads,
+                              checkpoints: checkpoints)
         worker.start()
 
         let endpoint: PipeServer.Endpoint
@@ -109,6 +135,20 @@ public final class Daemon {
         _ = try LoopDirectoryWatch(loop, path: spool.new) { [unowned self] in scanSoon() }
         LoopTimer(loop) { [unowned self] in scanSoon() }.start(after: 2000, repeatEvery: 2000)
         backoffTimer = LoopTimer(loop) { [unowned self] in dispatch() }
+        let leaseTick = UInt64(config.leaseSeconds * 1000 / 3)
+        LoopTimer(loop) { [unowned self] in renewLeases() }.start(after: leaseTick, repeatEvery: leaseTick)
+        if let postgres {
+            // Another host's claims, ends and expiries reach this one by NOTIFY;
+            // expired leases and remote watchers need a look now and then.
+            postgres.onConnect = { [unowned self] fd in watchNotifications(fd) }
+            postgres.onDisconnect = { [unowned self] in
+                notifications?.close()
+                notifications = nil
+            }
+            if let fd = postgres.socket { watchNotifications(fd) }
+            LoopTimer(loop) { [unowned self] in requeueAbandoned(startup: false) }.start(after: leaseTick, repeatEvery: leaseTick)
+            LoopTimer(loop) { [unowned self] in publishRemoteProgress() }.start(after: 1000, repeatEvery: 1000)
+        }
         if let textfile = config.metricsTextfile {
             let every = UInt64(config.metricsIntervalSeconds * 1000)
             LoopTimer(loop) { [unowned self] in writeMetrics(to: textfile) }.start(after: 0, repeatEvery: max(every, 100))
@@ -148,47 +188,50 @@ public final class Daemon {
 
     // MARK: Scheduling
 
-    /// Hands runnable jobs to the worker: the next one in queue order when it is
-    /// idle, and more while they share the running jobs' model and fit in
+    /// Claims runnable jobs for the worker: the next one in queue order when it
+    /// is idle, and more while they share the running jobs' model and fit in
     /// `[render] batch_images` (one that does not waits, keeping the order).
     func dispatch() {
         guard !stopping, !isPaused else { return }
         do {
             while running.values.reduce(0, { $0 + $1.assignment.job.count }) < config.batchImages || running.isEmpty {
                 let now = JobStore.now()
-                guard let record = try store.nextRunnable(now: now) else {
-                    if let next = try store.earliestBackoff(after: now) {
+                var parsed: Result<Job, Error>?
+                let claimed = try store.claimNext(now: now) { record in
+                    let job = Result { try Job(json: record.job, source: "job \(record.id)") }
+                    parsed = job
+                    guard case .success(let job) = job, let batchmate = running.values.first else { return true }
+                    let images = running.values.reduce(0) { $0 + $1.assignment.job.count }
+                    return batchmate.assignment.job.model == job.model && images + job.count <= config.batchImages
+                }
+                guard let record = claimed, let lease = record.leaseToken.map({ Lease(id: record.id, token: $0) }) else {
+                    if parsed == nil, let next = try store.earliestBackoff(after: now) {
                         backoffTimer.start(after: UInt64(max((next - now) * 1000, 1)))
                     }
                     break
                 }
-                let job: Job
-                do {
-                    job = try Job(json: record.job, source: "job \(record.id)")
-                } catch {
-                    try store.transition(record.id, from: [.queued], to: .failed, reason: "\(error)", error: "\(error)")
-                    continue
+                switch parsed {
+                case .success(let job)?:
+                    start(record, job, lease)
+                case .failure(let error)?:
+                    try store.transition(record.id, from: [.running], to: .failed, reason: "\(error)", error: "\(error)", lease: lease)
+                case nil:
+                    break
                 }
-                if let batchmate = running.values.first {
-                    let images = running.values.reduce(0) { $0 + $1.assignment.job.count }
-                    guard batchmate.assignment.job.model == job.model, images + job.count <= config.batchImages else { break }
-                }
-                try start(record, job)
             }
             if notifier.isActive { notifier.status(statusLine) }
         } catch {
             log.error("the queue cannot be read: \(error)")
+            // Tried again shortly: a database that went away comes back.
+            backoffTimer.start(after: 1000)
         }
     }
 
-    private func start(_ record: JobRecord, _ job: Job) throws {
+    private func start(_ record: JobRecord, _ job: Job, _ lease: Lease) {
         let attempt = "attempt \(record.attempts + 1) of \(record.maxAttempts)"
-        guard try store.transition(record.id, from: [.queued], to: .running, reason: "started, \(attempt)") else { return }
         let limit = config.jobSeconds > 0 ? config.jobSeconds : .infinity
         let assignment = RenderAssignment(
-            id: record.id, job: job, jobKey: Spool.hash(record.job),
-            outputDirectory: OutputDirectory.path(outputs: config.outputs, id: record.id),
-            checkpointPath: Checkpoints.path(directory: config.checkpoints, id: record.id),
+            id: record.id, job: job, jobKey: Spool.hash(record.job), lease: lease, outputs: config.outputs,
             previewPath: "\(config.previews)/\(record.id).png",
             checkpointEvery: config.checkpointEverySteps,
             previewEvery: job.previewEvery > 0 ? job.previewEvery : config.previewEverySteps,
@@ -198,8 +241,71 @@ public final class Daemon {
         running[record.id] = Running(assignment: assignment, startedAt: DispatchTime.now().uptimeNanoseconds, total: record.steps,
                                      overall: record.steps)
         worker.assign(assignment)
-        log.info("job \(record.id) started (\(attempt)) for \(record.ownerName)")
+        log.info("job \(record.id) started (\(attempt), lease \(lease.token)) for \(record.ownerName)")
         publish(record.id, event: "state")
+    }
+
+    // MARK: Leases
+
+    /// Every third of `[queue] lease_seconds`: this host's leases are renewed
+    /// (with each job's progress); a job whose lease another host has taken is
+    /// dropped at once, writing nothing more; a cancel asked on another host
+    /// takes effect; ends the database could not record are tried again.
+    private func renewLeases() {
+        do {
+            let renewal = try store.renew(running.values.map { ($0.lease, $0.done) })
+            for id in renewal.lost {
+                guard let current = running.removeValue(forKey: id) else { continue }
+                current.assignment.control.stop.store(true, ordering: .relaxed)
+                metrics.leasesLostTotal += 1
+                log.warning("job \(id): lease \(current.lease.token) lost (not renewed in time, so another host may run it); dropped")
+                publish(id, event: "state")
+            }
+            for id in renewal.cancelRequested { running[id]?.assignment.control.cancel.store(true, ordering: .relaxed) }
+            let pending = unsettled
+            unsettled = []
+            for event in pending { try handle(event) }
+            if !renewal.lost.isEmpty || !pending.isEmpty { dispatch() }
+        } catch {
+            log.warning("leases not renewed: \(error)")
+        }
+    }
+
+    /// Running jobs that no live host holds go back to the queue; at start-up
+    /// those this host held too. Then partial outputs left behind are settled.
+    private func requeueAbandoned(startup: Bool) {
+        do {
+            let abandoned = try store.requeueAbandoned(poisonAfter: config.poisonAfterCrashes, startup: startup)
+            for id in abandoned.queued { log.notice("job \(id) was running on a host that stopped or lost its lease; queued again") }
+            for id in abandoned.poisoned {
+                log.error("job \(id) was running at \(config.poisonAfterCrashes) unclean ends in a row; failed as a poison job")
+            }
+            metrics.leasesExpiredTotal += startup ? 0 : abandoned.queued.count + abandoned.poisoned.count
+            try OutputDirectory.sweep(outputs: config.outputs, record: store.record)
+            if !startup && !abandoned.queued.isEmpty { dispatch() }
+        } catch {
+            log.warning("abandoned jobs not requeued: \(error)")
+        }
+    }
+
+    private func watchNotifications(_ fd: Int32) {
+        notifications?.close()
+        notifications = try? LoopPoll(loop, fd: fd) { [unowned self] in
+            if postgres?.takeNotifications() == true { dispatch() }
+        }
+    }
+
+    /// Watchers here of jobs running elsewhere see their progress (from the
+    /// renewals, at most once a lease tick) and their end.
+    private func publishRemoteProgress() {
+        for id in watchers.keys where running[id] == nil {
+            guard let record = try? store.record(id) else { continue }
+            let seen = (record.state, record.step)
+            guard remoteSeen[id].map({ $0 != seen }) ?? true else { continue }
+            remoteSeen[id] = seen
+            publish(id, event: record.state == .running ? "progress" : "state")
+        }
+        remoteSeen = remoteSeen.filter { watchers[$0.key] != nil }
     }
 
     private func drainWorker() {
@@ -207,13 +313,15 @@ public final class Daemon {
         for event in worker.takeEvents() {
             do {
                 try handle(event)
+            } catch let error as DiffusionError where error.transient && event.isEnd {
+                // Recorded at a later renewal, if the lease still holds; the
+                // outputs wait in their partial directory meanwhile.
+                log.warning("the queue cannot record a job's end yet: \(error)")
+                unsettled.append(event)
             } catch {
                 log.error("the queue cannot be written: \(error)")
             }
-            switch event {
-            case .progress, .resumed, .note, .stepped: break
-            default: ended = true
-            }
+            if event.isEnd { ended = true }
         }
         // Progress alone frees no room in the batch: the queue is read only when a job ended.
         if ended { dispatch() }
@@ -241,24 +349,51 @@ public final class Daemon {
             if let preview { running[id]!.preview = preview }
             publish(id, event: "progress")
         case .succeeded(let id, let images):
-            try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s)")
-            metrics.imagesTotal += images
+            guard let lease = running[id]?.lease else { return }
+            if try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s) on \(config.hostName)",
+                                    lease: lease)
+            {
+                try OutputDirectory.settle(outputs: config.outputs, lease: lease)
+                metrics.imagesTotal += images
+            } else {
+                fenced(lease, "its success")
+                OutputDirectory.discard(outputs: config.outputs, lease: lease)
+            }
             finishRunning(id)
         case .failed(let id, let error, let retryable):
-            let state = try store.fail(id, error: error, retryable: retryable, backoffSeconds: config.retryBackoffSeconds)
-            log.warning("job \(id) \(state == .queued ? "failed, will retry" : "failed"): \(error)")
+            guard let lease = running[id]?.lease else { return }
+            if let state = try store.fail(lease, error: error, retryable: retryable, backoffSeconds: config.retryBackoffSeconds) {
+                log.warning("job \(id) \(state == .queued ? "failed, will retry" : "failed"): \(error)")
+            } else {
+                fenced(lease, "its failure")
+            }
             finishRunning(id)
         case .canceled(let id):
-            try store.transition(id, from: [.running], to: .canceled, reason: "canceled while running", error: "canceled")
+            guard let lease = running[id]?.lease else { return }
+            if !(try store.transition(id, from: [.running], to: .canceled, reason: "canceled while running", error: "canceled",
+                                      lease: lease))
+            {
+                fenced(lease, "its cancel")
+            }
             finishRunning(id)
         case .abandoned(let id):
             finishRunning(id)
+        case .leaseLost(let id):
+            if let lease = running[id]?.lease { fenced(lease, "a checkpoint") }
+            finishRunning(id)
         }
+    }
+
+    /// A write refused because another claim holds the job now: nothing of this host's render counts.
+    private func fenced(_ lease: Lease, _ what: String) {
+        metrics.fencedWritesTotal += 1
+        log.warning("job \(lease.id): \(what) was refused: lease \(lease.token) is no longer the job's (another host took it)")
     }
 
     /// The worker is done with `id`: answer waiting cancels, tell watchers.
     private func finishRunning(_ id: Int) {
         guard let done = running.removeValue(forKey: id) else { return }
+        (checkpoints as? CheckpointFiles)?.remove(id)
         let record = try? store.record(id)
         for (session, tag) in done.cancelRequests {
             if record?.state == .canceled {
@@ -464,7 +599,7 @@ public final class Daemon {
         log.notice("stopping")
         for (id, current) in running {
             current.assignment.control.stop.store(true, ordering: .relaxed)
-            _ = try? store.transition(id, from: [.running], to: .queued, reason: "the daemon stopped; queued again")
+            _ = try? store.transition(id, from: [.running], to: .queued, reason: "the daemon stopped; queued again", lease: current.lease)
         }
         running = [:]
         // The worker may still be inside a step; it will find no loop to report to.

@@ -33,6 +33,16 @@ public struct DaemonConfig: Sendable {
     public var adminGroup: String?
     /// Seconds a connection that watches nothing may stay silent (0: forever).
     public var idleSeconds = 300.0
+    /// Where the queue lives: a SQLite file of this host's, or a PostgreSQL
+    /// database that several hosts share (docs/cluster.md).
+    public enum QueueBackend: String, Sendable, CaseIterable { case sqlite, postgresql }
+    public var queueBackend = QueueBackend.sqlite
+    /// A libpq connection URI (the postgresql backend).
+    public var queueURL: String?
+    /// How long a claim lasts unless its host renews it.
+    public var leaseSeconds = 30.0
+    /// This host's name in leases, events and receipts.
+    public var hostName = ProcessInfo.processInfo.hostName
     public var maxAttempts = 3
     public var retryBackoffSeconds = 10.0
     /// Unclean exits in a row while a job ran after which it is failed (0: never).
@@ -119,6 +129,16 @@ public struct DaemonConfig: Sendable {
             case "limits.jobs_per_user": jobsPerUser = try integer(0...100_000_000)
             case "limits.images_per_user": imagesPerUser = try integer(0...100_000_000)
             case "access.admin_group": adminGroup = try text()
+            case "queue.backend":
+                guard let backend = QueueBackend(rawValue: try text()) else {
+                    throw fail("one of \(QueueBackend.allCases.map(\.rawValue).joined(separator: ", "))")
+                }
+                queueBackend = backend
+            case "queue.url": queueURL = try text()
+            case "queue.lease_seconds":
+                leaseSeconds = try seconds()
+                guard leaseSeconds >= 1 else { throw fail("at least 1 second") }
+            case "queue.host_name": hostName = try text()
             case "queue.max_attempts": maxAttempts = try integer(1...100)
             case "queue.retry_backoff_seconds": retryBackoffSeconds = try seconds()
             case "queue.poison_after_crashes": poisonAfterCrashes = try integer(0...100)
@@ -138,6 +158,9 @@ public struct DaemonConfig: Sendable {
             default:
                 throw DiffusionError("\(path):\(line): unknown key \(key) (etc/diffusiond.toml lists every key)")
             }
+        }
+        if queueBackend == .postgresql && queueURL == nil {
+            throw DiffusionError("\(path): [queue] backend = \"postgresql\" needs [queue] url (a libpq URI, e.g. postgresql:///diffusiond?host=/run/postgresql)")
         }
     }
 

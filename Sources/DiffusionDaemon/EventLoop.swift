@@ -147,6 +147,19 @@ final class LoopDirectoryWatch: LoopActionHandle {
     }
 }
 
+/// A descriptor another library owns (libpq's socket), watched for reading.
+final class LoopPoll: LoopActionHandle {
+    init(_ loop: EventLoop, fd: Int32, action: @escaping () -> Void) throws {
+        super.init(type: UV_POLL, action: action)
+        let poll = raw.assumingMemoryBound(to: uv_poll_t.self)
+        let status = uv_poll_init(loop.loop, poll, fd)
+        guard status == 0 else { throw loopError("uv_poll_init", status) }
+        adopt()
+        let started = uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, _, _ in LoopActionHandle.fire(handle) }
+        guard started == 0 else { close(); throw loopError("uv_poll_start", started) }
+    }
+}
+
 /// A listening Unix socket: bound to a path, or adopted from an inherited fd.
 final class PipeServer: LoopHandle {
     private var onConnection: ((PipeConnection) -> Void)?

@@ -35,7 +35,7 @@ public enum FuzzTargets {
             _ = dfn_png_read(path, &pixels, pixels.count, &width, &height, &channels, &error, error.count)
         }
         case "checkpoint": withFile(data) { path in
-            guard let checkpoint = try? Checkpoints.read(path), let render = checkpointRender else { return }
+            guard let checkpoint = try? CheckpointFiles.read(path), let render = checkpointRender else { return }
             _ = try? render.resume(from: checkpoint, jobKey: checkpoint.job)
         }
         default: return false

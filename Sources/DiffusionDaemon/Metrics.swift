@@ -29,6 +29,11 @@ struct Metrics {
     var imagesTotal = 0
     var stepsTotal = 0
     var spoolRejectedTotal = 0
+    /// Leases this host lost, leases of others it found expired, and writes of
+    /// this host's the queue refused for a lease it no longer held.
+    var leasesLostTotal = 0
+    var leasesExpiredTotal = 0
+    var fencedWritesTotal = 0
     var modelCacheBytes = 0
     /// Wall time of one batched model step, by model.
     var stepSeconds: [String: Histogram] = [:]
@@ -73,6 +78,12 @@ struct Metrics {
         out += "diffusiond_steps_total \(stepsTotal)\n"
         family("diffusiond_spool_rejected", "counter", "Spool files rejected since the daemon started.")
         out += "diffusiond_spool_rejected_total \(spoolRejectedTotal)\n"
+        family("diffusiond_leases_lost", "counter", "Leases of this host's renders another host took (not renewed in time).")
+        out += "diffusiond_leases_lost_total \(leasesLostTotal)\n"
+        family("diffusiond_leases_expired", "counter", "Expired leases of stopped or cut-off hosts this host requeued.")
+        out += "diffusiond_leases_expired_total \(leasesExpiredTotal)\n"
+        family("diffusiond_fenced_writes", "counter", "Writes of this host's the queue refused: the job's lease was no longer its.")
+        out += "diffusiond_fenced_writes_total \(fencedWritesTotal)\n"
         family("diffusiond_model_cache_bytes", "gauge", "Weight bytes of the models the render worker holds.")
         out += "diffusiond_model_cache_bytes \(modelCacheBytes)\n"
         family("diffusiond_step_seconds", "histogram", "Wall time of one batched model step, by model.")

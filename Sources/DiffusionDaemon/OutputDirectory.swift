@@ -3,7 +3,9 @@ import DiffusionRender
 import Foundation
 
 /// A job's outputs, `outputs/JOB-ID/`: written whole into a hidden sibling and
-/// renamed into place, so the directory either holds every file or is absent.
+/// renamed into place once the queue has recorded the job's success, so the
+/// directory either holds every file or is absent, and there is one per job
+/// even when hosts share the outputs (docs/cluster.md).
 /// The path comes from the job's id alone; nothing a job says can move it.
 ///
 /// Files are given to the job's owner by descriptor: the daemon opens each file
@@ -14,12 +16,16 @@ import Foundation
 enum OutputDirectory {
     static func path(outputs: String, id: Int) -> String { "\(outputs)/\(id)" }
 
-    /// Writes `render`'s files as `directory`, given to `owner` when the daemon may
-    /// give files away (root, or CAP_CHOWN as the systemd unit grants).
-    static func publish(_ render: CascadeRender, to directory: String, owner: uid_t) throws {
-        let url = URL(fileURLWithPath: directory)
-        let parent = url.deletingLastPathComponent().path
-        let partial = "\(parent)/.\(url.lastPathComponent).partial"
+    /// Where a finished render's files wait for the queue to record the job's
+    /// success under `lease`: `.JOB-ID.partial-TOKEN` beside the outputs.
+    static func partialPath(outputs: String, lease: Lease) -> String { "\(outputs)/.\(lease.id).partial-\(lease.token)" }
+
+    /// Writes `render`'s files into the job's partial directory, given to
+    /// `owner` when the daemon may give files away (root, or CAP_CHOWN as the
+    /// systemd unit grants). `settle` moves it into sight once the queue has
+    /// recorded the success: a host whose lease was taken never does.
+    static func write(_ render: CascadeRender, outputs: String, lease: Lease, owner: uid_t) throws {
+        let partial = partialPath(outputs: outputs, lease: lease)
         let fm = FileManager.default
         try? fm.removeItem(atPath: partial)
         guard mkdir(partial, 0o700) == 0 else { throw DiffusionError.system("cannot create \(partial)") }
@@ -28,16 +34,47 @@ enum OutputDirectory {
             try giveAway(directory: partial, to: owner)
         } catch {
             // Checked before the partial files go, which frees the space again.
-            let full = (error as? DiffusionError)?.isDiskFull == true || isFull(parent)
+            let full = (error as? DiffusionError)?.isDiskFull == true || isFull(outputs)
             try? fm.removeItem(atPath: partial)
-            if full { throw DiffusionError("no space left on device for \(directory)", errno: ENOSPC) }
+            if full { throw DiffusionError("no space left on device for \(path(outputs: outputs, id: lease.id))", errno: ENOSPC) }
             throw error
         }
-        try? fm.removeItem(atPath: directory)
-        guard rename(partial, directory) == 0 else {
-            let failure = DiffusionError.system("cannot move the outputs into \(directory)")
-            try? fm.removeItem(atPath: partial)
-            throw failure
+    }
+
+    /// The partial directory of a success the queue recorded becomes `outputs/JOB-ID`.
+    static func settle(outputs: String, lease: Lease) throws {
+        let directory = path(outputs: outputs, id: lease.id)
+        let partial = partialPath(outputs: outputs, lease: lease)
+        guard access(partial, F_OK) == 0 else { return }
+        try? FileManager.default.removeItem(atPath: directory)
+        guard rename(partial, directory) == 0 else { throw DiffusionError.system("cannot move the outputs into \(directory)") }
+    }
+
+    /// A partial directory whose success the queue refused (the lease was lost).
+    static func discard(outputs: String, lease: Lease) {
+        try? FileManager.default.removeItem(atPath: partialPath(outputs: outputs, lease: lease))
+    }
+
+    /// Partial directories left by a host that stopped between the queue's
+    /// record and the rename, or by a host fenced off: each is settled when the
+    /// job succeeded under its token, removed when the job ended otherwise or
+    /// under another token, and left while its job may still be settling.
+    static func sweep(outputs: String, record: (Int) throws -> JobRecord?) throws {
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: outputs)) ?? [] where name.hasPrefix(".") {
+            let parts = name.dropFirst().split(separator: ".", maxSplits: 1)
+            guard parts.count == 2, let id = Int(parts[0]), parts[1].hasPrefix("partial-"),
+                  let token = Int(parts[1].dropFirst("partial-".count))
+            else { continue }
+            let lease = Lease(id: id, token: token)
+            guard let job = try record(id) else {
+                discard(outputs: outputs, lease: lease)
+                continue
+            }
+            if job.state == .succeeded && job.leaseToken == token {
+                try settle(outputs: outputs, lease: lease)
+            } else if !(job.state == .running && job.leaseToken == token) {
+                discard(outputs: outputs, lease: lease)
+            }
         }
     }
 

@@ -12,8 +12,9 @@ struct RenderAssignment: Sendable {
     let job: Job
     /// Identifies the job's content in its checkpoints.
     let jobKey: String
-    let outputDirectory: String
-    let checkpointPath: String
+    /// The claim it runs under: every checkpoint and its outputs name it.
+    let lease: Lease
+    let outputs: String
     let previewPath: String
     /// Steps between checkpoints and between previews (0: none).
     let checkpointEvery: Int
@@ -26,7 +27,7 @@ struct RenderAssignment: Sendable {
 final class RenderControl: Sendable {
     /// Cancel: the job ends `canceled` at the next step.
     let cancel = Atomic<Bool>(false)
-    /// Stop (SIGTERM): the job is dropped and its last checkpoint kept.
+    /// Stop (SIGTERM, or the lease was lost): the job is dropped and its last checkpoint kept.
     let stop = Atomic<Bool>(false)
 }
 
@@ -41,10 +42,21 @@ enum WorkerEvent: Sendable {
     case progress(id: Int, step: Int, total: Int, stage: Int, stages: Int, done: Int, overall: Int, preview: String?)
     /// One batched model step, for the metrics.
     case stepped(model: String, jobs: Int, images: Int, seconds: Double, cacheBytes: Int)
+    /// Its outputs wait in the partial directory of its lease.
     case succeeded(id: Int, images: Int)
     case failed(id: Int, error: String, retryable: Bool)
     case canceled(id: Int)
     case abandoned(id: Int)
+    /// A checkpoint was refused: another claim holds the job now.
+    case leaseLost(id: Int)
+
+    /// The job's last report.
+    var isEnd: Bool {
+        switch self {
+        case .progress, .resumed, .note, .stepped: return false
+        case .succeeded, .failed, .canceled, .abandoned, .leaseLost: return true
+        }
+    }
 }
 
 /// The render thread, on a kernel runtime of its own (not libuv's thread pool).
@@ -63,6 +75,7 @@ final class RenderWorker: @unchecked Sendable {
     private let wake: Locked<LoopAsync?>
     private let registry: Locked<PluginRegistry>
     private let models: ModelCache
+    private let checkpoints: CheckpointStore
     private let limits: Locked<RenderLimits>
     private let threads: Int
     private let log = Logger(label: "diffusiond.worker")
@@ -76,8 +89,9 @@ final class RenderWorker: @unchecked Sendable {
     }
 
     init(wake: LoopAsync, registry: PluginRegistry, modelDirectories: [String], cacheBytes: Int, limits: RenderLimits,
-         threads: Int)
+         threads: Int, checkpoints: CheckpointStore)
     {
+        self.checkpoints = checkpoints
         self.wake = Locked(wake)
         self.registry = Locked(registry)
         models = ModelCache(resolver: ModelResolver(directories: modelDirectories), capacityBytes: cacheBytes)
@@ -163,17 +177,17 @@ final class RenderWorker: @unchecked Sendable {
             let render = try CascadeRender(plan: plan, runtime: runtime, loadModel: models.model(named:))
             for warning in plan.stages.flatMap(\.warnings) { report(.note(id: id, warning)) }
             do {
-                if let checkpoint = try Checkpoints.read(assignment.checkpointPath) {
+                if let checkpoint = try checkpoints.read(id) {
                     if try render.resume(from: checkpoint, jobKey: assignment.jobKey) {
                         report(.resumed(id: id, step: render.completedSteps))
                     } else {
                         report(.note(id: id, "its checkpoint is from another program version or job; starting from step 0"))
-                        Checkpoints.remove(assignment.checkpointPath)
+                        checkpoints.remove(id)
                     }
                 }
             } catch let error as DiffusionError {
                 report(.note(id: id, "\(error); starting from step 0"))
-                Checkpoints.remove(assignment.checkpointPath)
+                checkpoints.remove(id)
             }
             return Active(assignment: assignment, render: render, started: DispatchTime.now().uptimeNanoseconds)
         } catch {
@@ -243,17 +257,27 @@ final class RenderWorker: @unchecked Sendable {
                 // keeps them: a job stopped now resumes in the next stage.
                 do {
                     try cascade.advance()
-                    try Checkpoints.write(cascade.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
+                    try checkpoint(active)
                 } catch {
                     fail(active, error)
                 }
             } else if assignment.checkpointEvery > 0, step % assignment.checkpointEvery == 0 {
                 do {
-                    try Checkpoints.write(cascade.checkpoint(jobKey: assignment.jobKey), to: assignment.checkpointPath)
+                    try checkpoint(active)
                 } catch {
                     fail(active, error)
                 }
             }
+        }
+    }
+
+    /// A checkpoint refused for a lost lease ends the job here, writing nothing more.
+    private func checkpoint(_ active: Active) throws {
+        let assignment = active.assignment
+        guard try checkpoints.write(active.render.checkpoint(jobKey: assignment.jobKey), lease: assignment.lease) else {
+            unlink(assignment.previewPath)
+            ended.insert(assignment.id)
+            return report(.leaseLost(id: assignment.id))
         }
     }
 
@@ -264,7 +288,7 @@ final class RenderWorker: @unchecked Sendable {
     private func publish(_ active: Active) {
         let (assignment, render) = (active.assignment, active.render)
         do {
-            try OutputDirectory.publish(render, to: assignment.outputDirectory, owner: assignment.owner)
+            try OutputDirectory.write(render, outputs: assignment.outputs, lease: assignment.lease, owner: assignment.owner)
         } catch {
             return fail(active, error)
         }
@@ -272,9 +296,9 @@ final class RenderWorker: @unchecked Sendable {
         finish(assignment, .succeeded(id: assignment.id, images: render.job.count))
     }
 
-    /// The job's last report: its checkpoint and preview go.
+    /// The job's last report: its preview goes (its checkpoint goes once the
+    /// queue has recorded the end, under the job's lease).
     private func finish(_ assignment: RenderAssignment, _ event: WorkerEvent) {
-        Checkpoints.remove(assignment.checkpointPath)
         unlink(assignment.previewPath)
         ended.insert(assignment.id)
         report(event)

@@ -183,6 +183,9 @@ import Testing
             ("[limits]\nmax_steps = \"many\"", "diffusiond.toml:2: limits.max_steps must be a whole number in 1...100000"),
             ("[log]\nlevel = \"loud\"", "diffusiond.toml:2: log.level must be one of trace, debug, info, notice, warning, error, critical"),
             ("[paths\n", "diffusiond.toml: line 1: expected \"]\""),
+            ("[queue]\nbackend = \"mysql\"", "diffusiond.toml:2: queue.backend must be one of sqlite, postgresql"),
+            ("[queue]\nbackend = \"postgresql\"", "diffusiond.toml: [queue] backend = \"postgresql\" needs [queue] url"),
+            ("[queue]\nlease_seconds = 0.5", "diffusiond.toml:2: queue.lease_seconds must be at least 1 second"),
         ] {
             try text.write(toFile: "\(root)/diffusiond.toml", atomically: true, encoding: .utf8)
             let outcome = try DaemonProcess.run("\(DaemonProcess.buildDirectory)/diffusiond", ["--config", "\(root)/diffusiond.toml"])
@@ -205,5 +208,6 @@ import Testing
         #expect(shipped.jobsPerUser == defaults.jobsPerUser && shipped.imagesPerUser == defaults.imagesPerUser)
         #expect(shipped.spoolTmpMaxAgeHours == defaults.spoolTmpMaxAgeHours && shipped.metricsIntervalSeconds == defaults.metricsIntervalSeconds)
         #expect(shipped.metricsTextfile == nil && shipped.adminGroup == nil)
+        #expect(shipped.queueBackend == defaults.queueBackend && shipped.leaseSeconds == defaults.leaseSeconds && shipped.queueURL == nil)
     }
 }

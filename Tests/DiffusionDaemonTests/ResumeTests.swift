@@ -67,7 +67,7 @@ import Testing
             #expect(rendered == samples, "job \(id) differs from its uninterrupted render")
         }
         #expect(daemon.stop() == 0)
-        #expect(try JobStore(path: "\(daemon.state)/queue.sqlite").integrityCheck() == "ok")
+        #expect(try JobStoreCheck.integrity(of: "\(daemon.state)/queue.sqlite") == "ok")
         #expect(try FileManager.default.contentsOfDirectory(atPath: "\(daemon.state)/checkpoints").isEmpty)
         print("kill -9 \(kills) times; \(resumed) of 20 jobs resumed from a checkpoint; all bit-identical")
     }
@@ -141,7 +141,7 @@ import Testing
         #expect(failed["attempts"] as? Int == 1)
         try daemon.wait(for: smallID, state: "succeeded")
         #expect(daemon.stop() == 0)
-        #expect(try JobStore(path: "\(daemon.state)/queue.sqlite").integrityCheck() == "ok")
+        #expect(try JobStoreCheck.integrity(of: "\(daemon.state)/queue.sqlite") == "ok")
     }
 
     static func waitForProgress(_ daemon: DaemonProcess, steps: Int) throws {

@@ -2,17 +2,37 @@ import DiffusionKernels
 import DiffusionRender
 import Foundation
 
-/// A running job's checkpoint file, `checkpoints/JOB-ID.json`: written to a
-/// temporary file, flushed to disk, then renamed over the last one, so a crash
-/// leaves either the old checkpoint or the new one, never half of one.
-enum Checkpoints {
-    static func path(directory: String, id: Int) -> String { "\(directory)/\(id).json" }
+/// Where running jobs' checkpoints are kept, by the render thread alone: files
+/// on a single host, the queue database's table when hosts share a queue (so
+/// any host resumes any job). A write names the job's lease and is refused
+/// (false) once the job no longer holds it.
+protocol CheckpointStore: AnyObject {
+    /// The job's checkpoint; nil when there is none, an error when one is
+    /// there but unreadable (the caller says so in the job's events).
+    func read(_ id: Int) throws -> RenderCheckpoint?
+    func write(_ checkpoint: RenderCheckpoint, lease: Lease) throws -> Bool
+    func remove(_ id: Int)
+}
 
-    static func write(_ checkpoint: RenderCheckpoint, to path: String) throws {
+/// `checkpoints/JOB-ID.json`: written to a temporary file, flushed to disk,
+/// then renamed over the last one, so a crash leaves either the old checkpoint
+/// or the new one, never half of one. One host holds every lease of its queue
+/// file, so the lease is not checked here.
+final class CheckpointFiles: CheckpointStore {
+    let directory: String
+
+    init(directory: String) { self.directory = directory }
+
+    func path(_ id: Int) -> String { "\(directory)/\(id).json" }
+
+    func read(_ id: Int) throws -> RenderCheckpoint? { try Self.read(path(id)) }
+
+    func write(_ checkpoint: RenderCheckpoint, lease: Lease) throws -> Bool {
         let data = try JSONEncoder().encode(checkpoint)
+        let path = path(lease.id)
         let temporary = path + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw failure("cannot create \(temporary)", errno) }
+        guard fd >= 0 else { throw DiffusionError.system("cannot create \(temporary)") }
         let written = data.withUnsafeBytes { raw -> Int in
             var done = 0
             while done < raw.count {
@@ -26,13 +46,18 @@ enum Checkpoints {
         close(fd)
         guard status == 0 else {
             unlink(temporary)
-            throw failure("cannot write \(temporary)", status)
+            throw DiffusionError.system("cannot write \(temporary)", errno: status)
         }
-        guard rename(temporary, path) == 0 else { throw failure("cannot rename \(temporary)", errno) }
+        guard rename(temporary, path) == 0 else { throw DiffusionError.system("cannot rename \(temporary)") }
+        return true
     }
 
-    /// The checkpoint at `path`; nil when there is none, an error when the file
-    /// is there but unreadable (the caller says so in the job's events).
+    func remove(_ id: Int) {
+        unlink(path(id))
+        unlink(path(id) + ".tmp")
+    }
+
+    /// The checkpoint file at `path` (also the fuzz target's entry).
     static func read(_ path: String) throws -> RenderCheckpoint? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
@@ -41,17 +66,40 @@ enum Checkpoints {
         guard fstat(fd, &info) == 0, let data = readWhole(fd, size: Int(info.st_size)) else {
             throw DiffusionError.system("cannot read the checkpoint \(path)")
         }
+        return try decode(data, what: "the checkpoint \(path)")
+    }
+
+    static func decode(_ data: Data, what: String) throws -> RenderCheckpoint {
         do {
             return try JSONDecoder().decode(RenderCheckpoint.self, from: data)
         } catch {
-            throw DiffusionError("the checkpoint \(path) is corrupt (\(data.count) bytes that do not decode)")
+            throw DiffusionError("\(what) is corrupt (\(data.count) bytes that do not decode)")
+        }
+    }
+}
+
+/// The shared queue's `checkpoints` table, through a connection of the render
+/// thread's own. A checkpoint that cannot reach the database is skipped (the
+/// render goes on; the next one may get through), never the job's failure.
+final class CheckpointTable: CheckpointStore {
+    private let store: JobStore
+    var onSkipped: ((Int, Error) -> Void)?
+
+    init(store: JobStore) { self.store = store }
+
+    func read(_ id: Int) throws -> RenderCheckpoint? {
+        try store.checkpoint(of: id).map { try CheckpointFiles.decode($0, what: "the checkpoint of job \(id)") }
+    }
+
+    func write(_ checkpoint: RenderCheckpoint, lease: Lease) throws -> Bool {
+        let data = try JSONEncoder().encode(checkpoint)
+        do {
+            return try store.writeCheckpoint(data, lease: lease)
+        } catch let error as DiffusionError where error.transient {
+            onSkipped?(lease.id, error)
+            return true
         }
     }
 
-    static func remove(_ path: String) {
-        unlink(path)
-        unlink(path + ".tmp")
-    }
-
-    private static func failure(_ what: String, _ code: Int32) -> Error { DiffusionError.system(what, errno: code) }
+    func remove(_ id: Int) { try? store.removeCheckpoint(of: id) }
 }

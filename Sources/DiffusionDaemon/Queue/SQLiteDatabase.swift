@@ -5,37 +5,7 @@ import Foundation
 /// One SQLite connection, used from one thread. SQLite's status codes become
 /// `DiffusionError`s here and nowhere else; they are transient (a busy or full
 /// database, an I/O error: the work is tried again later, never thrown away).
-final class SQLiteDatabase {
-    enum Value: Equatable {
-        case null, integer(Int64), real(Double), text(String), blob(Data)
-    }
-
-    struct Row {
-        let values: [Value]
-        func int(_ column: Int) -> Int {
-            if case .integer(let value) = values[column] { return Int(value) }
-            return 0
-        }
-        func double(_ column: Int) -> Double? {
-            switch values[column] {
-            case .real(let value): return value
-            case .integer(let value): return Double(value)
-            default: return nil
-            }
-        }
-        func string(_ column: Int) -> String? {
-            if case .text(let value) = values[column] { return value }
-            return nil
-        }
-        func data(_ column: Int) -> Data? {
-            switch values[column] {
-            case .blob(let value): return value
-            case .text(let value): return Data(value.utf8)
-            default: return nil
-            }
-        }
-    }
-
+final class SQLiteDatabase: QueueDatabase {
     private let handle: OpaquePointer
     private var statements: [String: OpaquePointer] = [:]
     let path: String
@@ -79,7 +49,7 @@ final class SQLiteDatabase {
 
     /// Runs one statement with `arguments` bound to its `?`s and returns its rows.
     @discardableResult
-    func query(_ sql: String, _ arguments: [Value] = []) throws -> [Row] {
+    func query(_ sql: String, _ arguments: [DatabaseValue]) throws -> [DatabaseRow] {
         let statement = try prepared(sql)
         defer {
             sqlite3_reset(statement)
@@ -98,13 +68,13 @@ final class SQLiteDatabase {
             }
             try check(status)
         }
-        var rows: [Row] = []
+        var rows: [DatabaseRow] = []
         while true {
             let status = sqlite3_step(statement)
             if status == SQLITE_DONE { break }
             guard status == SQLITE_ROW else { try check(status); break }
             let columns = sqlite3_column_count(statement)
-            rows.append(Row(values: (0..<columns).map { column in
+            rows.append(DatabaseRow(values: (0..<columns).map { column in
                 switch sqlite3_column_type(statement, column) {
                 case SQLITE_INTEGER: return .integer(sqlite3_column_int64(statement, column))
                 case SQLITE_FLOAT: return .real(sqlite3_column_double(statement, column))
@@ -123,7 +93,10 @@ final class SQLiteDatabase {
     /// fixed set (every value is bound, never spliced into the text).
     var cachedStatements: Int { statements.count }
 
-    var lastInsertID: Int { Int(sqlite3_last_insert_rowid(handle)) }
+    func integrityCheck() throws -> String {
+        try query("PRAGMA integrity_check").first?.string(0) ?? "no answer"
+    }
+
     var changes: Int { Int(sqlite3_changes(handle)) }
 
     /// `body` inside `BEGIN IMMEDIATE … COMMIT`, rolled back if it throws.
@@ -138,6 +111,102 @@ final class SQLiteDatabase {
             try? execute("ROLLBACK")
             throw error
         }
+    }
+
+    /// The file's schema version is `PRAGMA user_version`; BEGIN IMMEDIATE's
+    /// write lock keeps a second process out while it migrates.
+    func migrate() throws {
+        try execute("PRAGMA journal_mode=WAL")
+        try execute("PRAGMA synchronous=FULL")
+        try execute("PRAGMA foreign_keys=ON")
+        try write {
+            let version = try query("PRAGMA user_version").first?.int(0) ?? 0
+            guard version <= migrations.count else {
+                throw DiffusionError("\(path): schema version \(version) is newer than this program's \(migrations.count)")
+            }
+            for (index, migration) in migrations.enumerated().dropFirst(version) {
+                try execute(migration)
+                try execute("PRAGMA user_version = \(index + 1)")
+            }
+        }
+    }
+
+    let migrations = [
+        """
+        CREATE TABLE jobs (
+            id INTEGER PRIMARY KEY,
+            state TEXT NOT NULL,
+            owner_uid INTEGER NOT NULL,
+            owner_name TEXT NOT NULL,
+            priority INTEGER NOT NULL,
+            job BLOB NOT NULL,
+            model TEXT NOT NULL,
+            source TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            max_attempts INTEGER NOT NULL,
+            not_before REAL NOT NULL DEFAULT 0,
+            steps INTEGER NOT NULL,
+            count INTEGER NOT NULL,
+            step INTEGER NOT NULL DEFAULT 0,
+            images_done INTEGER NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at REAL NOT NULL,
+            started_at REAL,
+            finished_at REAL
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, priority DESC, id);
+        CREATE INDEX jobs_by_owner ON jobs (owner_uid, id);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY,
+            job_id INTEGER,
+            time REAL NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX events_by_job ON events (job_id, id);
+        CREATE TABLE owner_turns (uid INTEGER PRIMARY KEY, turn INTEGER NOT NULL);
+        CREATE TABLE spool_receipts (
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            job_id INTEGER NOT NULL,
+            PRIMARY KEY (name, hash)
+        );
+        """,
+        // Unclean daemon exits in a row while the job ran (the dead-letter count).
+        "ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;",
+        // Leases and fencing tokens (docs/cluster.md), the columns PostgreSQL's
+        // schema has, so that one JobStore speaks to both. Receipts name the
+        // host whose spool they are of; those from before carry ''.
+        """
+        ALTER TABLE jobs ADD COLUMN lease_host TEXT;
+        ALTER TABLE jobs ADD COLUMN lease_token INTEGER;
+        ALTER TABLE jobs ADD COLUMN lease_expires REAL;
+        ALTER TABLE jobs ADD COLUMN cancel_requested INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE lease_tokens (last INTEGER NOT NULL);
+        INSERT INTO lease_tokens (last) VALUES (0);
+        CREATE TABLE checkpoints (job_id INTEGER PRIMARY KEY, lease_token INTEGER NOT NULL, data BLOB NOT NULL);
+        CREATE TABLE receipts (
+            host TEXT NOT NULL,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            job_id INTEGER NOT NULL,
+            PRIMARY KEY (host, name, hash)
+        );
+        INSERT INTO receipts (host, name, hash, job_id) SELECT '', name, hash, job_id FROM spool_receipts;
+        DROP TABLE spool_receipts;
+        """,
+    ]
+
+    let claimLock = ""
+    let rowLock = ""
+    let clock = "((julianday('now') - 2440587.5) * 86400.0)"
+    /// One host: the loop that wrote is the one that dispatches.
+    func notifyQueueChanged() {}
+    var description: String { path }
+
+    /// The next fencing token; inside a write.
+    func nextLeaseToken() throws -> Int {
+        try query("UPDATE lease_tokens SET last = last + 1 RETURNING last").first?.int(0) ?? 0
     }
 
     private func prepared(_ sql: String) throws -> OpaquePointer {

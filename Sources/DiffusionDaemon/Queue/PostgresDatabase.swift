@@ -1,0 +1,299 @@
+import CPostgres
+import DiffusionKernels
+import Foundation
+
+/// One libpq connection to the shared queue (`[queue] backend = "postgresql"`),
+/// used from one thread. libpq's statuses become `DiffusionError`s here and
+/// nowhere else: a lost connection, a server shutting down, a serialization
+/// failure are transient; an SQL error is the program's own and is not.
+///
+/// Statements are blocking, bounded by short network timeouts (connect 3 s,
+/// TCP user timeout 3 s, keepalives), and a lost server is not dialled again
+/// before a backoff (0.5 s doubling to 10 s) has passed: until then every call
+/// fails at once with "the queue database is unreachable", so a partitioned
+/// host spends at most one timeout per backoff inside a call.
+final class PostgresDatabase: QueueDatabase {
+    let url: String
+    private let hostName: String
+    private var connection: OpaquePointer?
+    private var retryAt = 0.0
+    private var backoff = 0.5
+    private var lastChanges = 0
+    private var translated: [String: String] = [:]
+    /// Called after every (re)connection with the socket to watch for NOTIFY,
+    /// and before a connection is closed (its socket goes with it).
+    var onConnect: ((Int32) -> Void)?
+    var onDisconnect: (() -> Void)?
+    static let channel = "diffusiond_queue"
+
+    init(url: String, hostName: String) throws {
+        self.url = url
+        self.hostName = hostName
+        try connect()
+    }
+
+    deinit { PQfinish(connection) }
+
+    var description: String { Self.redacted(url) }
+
+    /// A URL without its password, for messages.
+    static func redacted(_ url: String) -> String {
+        url.replacingOccurrences(of: #":[^:@/]*@"#, with: ":***@", options: .regularExpression)
+    }
+
+    /// The connection's socket, to watch for notifications; nil while disconnected.
+    var socket: Int32? {
+        guard let connection, PQstatus(connection) == CONNECTION_OK else { return nil }
+        let fd = PQsocket(connection)
+        return fd >= 0 ? fd : nil
+    }
+
+    private func connect() throws {
+        let keys = ["dbname", "connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
+                    "keepalives_count", "application_name"]
+        let values = [url, "3", "3000", "5", "2", "2", "diffusiond \(hostName)"]
+        let keyPointers = keys.map { strdup($0) } + [nil]
+        let valuePointers = values.map { strdup($0) } + [nil]
+        defer { (keyPointers + valuePointers).forEach { free($0) } }
+        let attempt = keyPointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { keyBuffer in
+            valuePointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { valueBuffer in
+                PQconnectdbParams(keyBuffer.baseAddress, valueBuffer.baseAddress, 1)
+            }
+        }
+        guard let attempt, PQstatus(attempt) == CONNECTION_OK else {
+            let message = attempt.map { Self.firstLine(PQerrorMessage($0)) } ?? "out of memory"
+            PQfinish(attempt)
+            throw unreachable(message)
+        }
+        connection = attempt
+        backoff = 0.5
+        translated = [:]
+        _ = try run("SET statement_timeout = '30s'; SET client_min_messages = warning", [])
+        _ = try run("LISTEN \(Self.channel)", [])
+        if let fd = socket { onConnect?(fd) }
+    }
+
+    /// The server went away: drop the connection and wait out the backoff.
+    private func unreachable(_ message: String) -> DiffusionError {
+        if connection != nil { onDisconnect?() }
+        PQfinish(connection)
+        connection = nil
+        retryAt = JobStore.now() + backoff
+        backoff = min(backoff * 2, 10)
+        return DiffusionError("the queue database \(description) is unreachable: \(message)", transient: true)
+    }
+
+    private func connected() throws -> OpaquePointer {
+        if let connection, PQstatus(connection) == CONNECTION_OK { return connection }
+        if connection != nil { throw unreachable("the connection was lost") }
+        guard JobStore.now() >= retryAt else {
+            throw DiffusionError("the queue database \(description) is unreachable (trying again in \(max(Int(retryAt - JobStore.now()), 1)) s)",
+                                 transient: true)
+        }
+        try connect()
+        return connection!
+    }
+
+    @discardableResult
+    func query(_ sql: String, _ arguments: [DatabaseValue]) throws -> [DatabaseRow] {
+        let text = translated[sql] ?? Self.numberPlaceholders(sql)
+        translated[sql] = text
+        return try run(text, arguments)
+    }
+
+    private func run(_ sql: String, _ arguments: [DatabaseValue]) throws -> [DatabaseRow] {
+        let connection = try connected()
+        // Every value is sent typed (int8, float8, text, bytea), so PostgreSQL
+        // never has to guess a parameter's type from where it stands.
+        var types: [Oid] = []
+        var formats: [Int32] = []
+        var buffers: [Data?] = []
+        for argument in arguments {
+            switch argument {
+            case .null: (types, formats, buffers) = (types + [0], formats + [0], buffers + [nil])
+            case .integer(let value): (types, formats, buffers) = (types + [20], formats + [0], buffers + [Data("\(value)\0".utf8)])
+            case .real(let value): (types, formats, buffers) = (types + [701], formats + [0], buffers + [Data("\(value)\0".utf8)])
+            case .text(let value): (types, formats, buffers) = (types + [25], formats + [0], buffers + [Data((value + "\0").utf8)])
+            case .blob(let value): (types, formats, buffers) = (types + [17], formats + [1], buffers + [value])
+            }
+        }
+        let lengths = buffers.map { Int32($0?.count ?? 0) }
+        let pointers = buffers.map { data -> UnsafeMutablePointer<CChar>? in
+            guard let data else { return nil }
+            let copy = UnsafeMutablePointer<CChar>.allocate(capacity: max(data.count, 1))
+            data.withUnsafeBytes { bytes in if let base = bytes.baseAddress { memcpy(copy, base, bytes.count) } }
+            return copy
+        }
+        defer { pointers.forEach { $0?.deallocate() } }
+        // Without arguments, the simple protocol, which takes several statements (the migrations).
+        let result = arguments.isEmpty ? PQexec(connection, sql) : pointers.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer {
+            PQexecParams(connection, sql, Int32(arguments.count), types, $0.baseAddress, lengths, formats, 0)
+        }
+        defer { PQclear(result) }
+        let status = PQresultStatus(result)
+        guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
+            if PQstatus(connection) != CONNECTION_OK || result == nil {
+                throw unreachable(Self.firstLine(PQerrorMessage(connection)))
+            }
+            let state = PQresultErrorField(result, Int32(UInt8(ascii: "C"))).map { String(cString: $0) } ?? ""
+            // 08: connection, 40: serialization/deadlock, 53: resources, 57: shutdown or cancel.
+            let transient = ["08", "40", "53", "57"].contains(String(state.prefix(2)))
+            throw DiffusionError("the queue database \(description): \(Self.firstLine(PQresultErrorMessage(result)))",
+                                 transient: transient)
+        }
+        lastChanges = Int(String(cString: PQcmdTuples(result))) ?? 0
+        return (0..<PQntuples(result)).map { row in
+            DatabaseRow(values: (0..<PQnfields(result)).map { column in
+                guard PQgetisnull(result, row, column) == 0 else { return .null }
+                let text = String(cString: PQgetvalue(result, row, column))
+                switch PQftype(result, column) {
+                case 20, 21, 23, 26: return Int64(text).map { .integer($0) } ?? .null
+                case 16: return .integer(text == "t" ? 1 : 0)
+                case 700, 701, 1700: return Double(text).map { .real($0) } ?? .null
+                case 17: return .blob(Self.decodeHex(text))
+                default: return .text(text)
+                }
+            })
+        }
+    }
+
+    var changes: Int { lastChanges }
+    var cachedStatements: Int { translated.count }
+
+    func write<T>(_ body: () throws -> T) throws -> T {
+        _ = try run("BEGIN", [])
+        do {
+            let result = try body()
+            _ = try run("COMMIT", [])
+            return result
+        } catch {
+            if connection != nil { _ = try? run("ROLLBACK", []) }
+            throw error
+        }
+    }
+
+    /// Every host runs this at start: the advisory lock makes the second wait
+    /// for the first, which it then finds has migrated already.
+    func migrate() throws {
+        try write {
+            _ = try run("SELECT pg_advisory_xact_lock(7245001)", [])
+            _ = try run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", [])
+            let version = try run("SELECT version FROM schema_version", []).first?.int(0)
+            if version == nil { _ = try run("INSERT INTO schema_version (version) VALUES (0)", []) }
+            guard (version ?? 0) <= migrations.count else {
+                throw DiffusionError("\(description): schema version \(version ?? 0) is newer than this program's \(migrations.count)")
+            }
+            for (index, migration) in migrations.enumerated().dropFirst(version ?? 0) {
+                _ = try run(migration, [])
+                _ = try run("UPDATE schema_version SET version = \(index + 1)", [])
+            }
+        }
+    }
+
+    let migrations = [
+        """
+        CREATE TABLE jobs (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            state TEXT NOT NULL,
+            owner_uid BIGINT NOT NULL,
+            owner_name TEXT NOT NULL,
+            priority BIGINT NOT NULL,
+            job BYTEA NOT NULL,
+            model TEXT NOT NULL,
+            source TEXT NOT NULL,
+            attempts BIGINT NOT NULL DEFAULT 0,
+            max_attempts BIGINT NOT NULL,
+            not_before DOUBLE PRECISION NOT NULL DEFAULT 0,
+            steps BIGINT NOT NULL,
+            count BIGINT NOT NULL,
+            step BIGINT NOT NULL DEFAULT 0,
+            images_done BIGINT NOT NULL DEFAULT 0,
+            error TEXT,
+            created_at DOUBLE PRECISION NOT NULL,
+            started_at DOUBLE PRECISION,
+            finished_at DOUBLE PRECISION,
+            crashes BIGINT NOT NULL DEFAULT 0,
+            lease_host TEXT,
+            lease_token BIGINT,
+            lease_expires DOUBLE PRECISION,
+            cancel_requested BIGINT NOT NULL DEFAULT 0
+        );
+        CREATE INDEX jobs_by_state ON jobs (state, priority DESC, id);
+        CREATE INDEX jobs_by_owner ON jobs (owner_uid, id);
+        CREATE TABLE events (
+            id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+            job_id BIGINT,
+            time DOUBLE PRECISION NOT NULL,
+            state TEXT NOT NULL,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX events_by_job ON events (job_id, id);
+        CREATE TABLE owner_turns (uid BIGINT PRIMARY KEY, turn BIGINT NOT NULL);
+        CREATE SEQUENCE lease_tokens;
+        CREATE TABLE checkpoints (job_id BIGINT PRIMARY KEY, lease_token BIGINT NOT NULL, data BYTEA NOT NULL);
+        CREATE TABLE receipts (
+            host TEXT NOT NULL,
+            name TEXT NOT NULL,
+            hash TEXT NOT NULL,
+            job_id BIGINT NOT NULL,
+            PRIMARY KEY (host, name, hash)
+        );
+        """,
+    ]
+
+    let claimLock = " FOR UPDATE SKIP LOCKED"
+    let rowLock = " FOR UPDATE"
+    let clock = "EXTRACT(EPOCH FROM clock_timestamp())::float8"
+
+    func nextLeaseToken() throws -> Int { try run("SELECT nextval('lease_tokens')", []).first?.int(0) ?? 0 }
+
+    func notifyQueueChanged() throws { _ = try run("NOTIFY \(Self.channel)", []) }
+
+    /// Reads what the server sent; true when a host said the queue changed.
+    /// A connection found broken is dropped (the next call reconnects).
+    func takeNotifications() -> Bool {
+        guard let connection else { return false }
+        guard PQconsumeInput(connection) == 1 else {
+            _ = unreachable(Self.firstLine(PQerrorMessage(connection)))
+            return true  // the caller's next read finds out, and retries
+        }
+        var any = false
+        while let notice = PQnotifies(connection) {
+            any = true
+            PQfreemem(notice)
+        }
+        return any
+    }
+
+    /// `?` placeholders as PostgreSQL's `$1, $2, ...` (the SQL has no `?` in a literal).
+    static func numberPlaceholders(_ sql: String) -> String {
+        var result = ""
+        var number = 0
+        for character in sql {
+            if character == "?" {
+                number += 1
+                result += "$\(number)"
+            } else {
+                result.append(character)
+            }
+        }
+        return result
+    }
+
+    private static func decodeHex(_ text: String) -> Data {
+        let bytes = Array(text.utf8.dropFirst(2))  // "\x"
+        var data = Data(capacity: bytes.count / 2)
+        func nibble(_ c: UInt8) -> UInt8 { c <= 57 ? c - 48 : (c | 0x20) - 87 }
+        var index = 0
+        while index + 1 < bytes.count {
+            data.append(nibble(bytes[index]) << 4 | nibble(bytes[index + 1]))
+            index += 2
+        }
+        return data
+    }
+
+    private static func firstLine(_ message: UnsafePointer<CChar>?) -> String {
+        let text = message.map { String(cString: $0) } ?? ""
+        return text.split(separator: "\n").first.map(String.init) ?? "no message"
+    }
+}

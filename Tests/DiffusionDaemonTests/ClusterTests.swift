@@ -1,0 +1,172 @@
+import DiffusionKernels
+import Foundation
+import Testing
+@testable import DiffusionDaemon
+
+/// Several real `diffusiond` hosts on one PostgreSQL queue (the test run's own
+/// server), each with its own state directory, spool and socket, sharing the
+/// outputs directory: claims, leases, fencing, wake-ups, cancels across hosts.
+@Suite(.serialized, .enabled(if: PostgresServer.available, "needs PostgreSQL's server (Debian's postgresql; make test installs it)"))
+struct ClusterTests {
+    /// `count` hosts on a fresh database, sharing `outputs`.
+    static func hosts(_ count: Int, leaseSeconds: Int = 30, checkpointEvery: Int = 2, outputs: String) throws -> [DaemonProcess] {
+        let url = try PostgresServer.shared.get().createDatabase()
+        return try (0..<count).map { index in
+            try DaemonProcess(extra: """
+                [queue]
+                backend = "postgresql"
+                url = "\(url)"
+                host_name = "host-\(index)"
+                lease_seconds = \(leaseSeconds)
+                poison_after_crashes = 0
+                [checkpoint]
+                every_steps = \(checkpointEvery)
+                """, outputs: outputs)
+        }
+    }
+
+    static func sharedOutputs() throws -> String {
+        let path = "\(try DaemonProcess.temporaryDirectory())/outputs"
+        try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }
+
+    static func samples(_ outputs: String, _ id: String) throws -> Data {
+        try Data(contentsOf: URL(fileURLWithPath: "\(outputs)/\(id)/samples.npy"))
+    }
+
+    /// The same jobs on one SQLite host, uninterrupted: the bits every cluster run must give.
+    static func singleHost(_ jobs: [[String: Any]]) throws -> [Data] {
+        let daemon = try DaemonProcess()
+        let ids = try jobs.map { try daemon.submit($0) }
+        defer { daemon.stop() }
+        return try ids.map { id in
+            try daemon.wait(for: id, state: "succeeded", seconds: 120)
+            return try samples("\(daemon.state)/outputs", id)
+        }
+    }
+
+    static func jobs(_ count: Int, steps: Int) -> [[String: Any]] {
+        (0..<count).map { index in
+            var job = DaemonProcess.smallJob(steps: steps, count: 2, seed: 900 + index, label: index % 10)
+            job["formats"] = ["npy"]
+            return job
+        }
+    }
+
+    /// Jobs submitted through both hosts' sockets and spools each succeed once,
+    /// on one host or the other, with one output directory, bit-identical to a
+    /// single SQLite host's renders; and both hosts see every job.
+    @Test func twoHostsShareOneQueue() throws {
+        let outputs = try Self.sharedOutputs()
+        let hosts = try Self.hosts(2, outputs: outputs)
+        let jobs = Self.jobs(8, steps: 12)
+        var ids: [String] = []
+        for (index, job) in jobs.enumerated() {
+            let host = hosts[index % 2]
+            if index % 4 == 3 {
+                try host.drop("job-\(index).json", String(decoding: try JSONSerialization.data(withJSONObject: job), as: UTF8.self))
+                ids.append(try host.spooledJob("job-\(index).json"))
+            } else {
+                ids.append(try host.submit(job))
+            }
+        }
+        #expect(Set(ids).count == jobs.count)
+        var ranOn: [String: Int] = [:]
+        for id in ids {
+            let record = try hosts[1].wait(for: id, state: "succeeded", seconds: 120)
+            ranOn[record["host"] as? String ?? "?", default: 0] += 1
+            #expect(try hosts[0].job(id)["state"] as? String == "succeeded")
+        }
+        let expected = try Self.singleHost(jobs)
+        for (id, samples) in zip(ids, expected) { #expect(try Self.samples(outputs, id) == samples, "job \(id)") }
+        let directories = try FileManager.default.contentsOfDirectory(atPath: outputs).sorted()
+        #expect(directories == ids.sorted(), "exactly one complete output directory per job, no partial one")
+        print("two hosts: \(ranOn.sorted { $0.key < $1.key }.map { "\($0.key) ran \($0.value)" }.joined(separator: ", "))")
+        for host in hosts { #expect(host.stop() == 0) }
+    }
+
+    /// A host killed inside a render: once its lease expires another host
+    /// takes the job, resumes it from the checkpoint in the database, and
+    /// renders the same bits.
+    @Test func aKilledHostsJobResumesOnAnotherHost() throws {
+        let outputs = try Self.sharedOutputs()
+        let hosts = try Self.hosts(2, leaseSeconds: 2, outputs: outputs)
+        let job = Self.jobs(1, steps: 400)[0]
+        // Host 1 waits (paused) until host 0 has the job.
+        _ = try hosts[1].diffctl(["pause"])
+        let id = try hosts[0].submit(job)
+        try Self.waitForStep(hosts[0], id, atLeast: 6)
+        hosts[0].kill9()
+        _ = try hosts[1].diffctl(["resume"])
+        let record = try hosts[1].wait(for: id, state: "succeeded", seconds: 120)
+        #expect(record["host"] as? String == "host-1")
+        let events = try hosts[1].call(["verb": "show", "id": id])["events"] as? [[String: Any]] ?? []
+        let reasons = events.compactMap { $0["reason"] as? String }
+        #expect(reasons.contains { $0.contains("the lease of host-0 expired") }, "\(reasons)")
+        #expect(reasons.contains { $0.hasPrefix("resumed from the checkpoint at step") }, "\(reasons)")
+        #expect(try Self.samples(outputs, id) == Self.singleHost([job])[0])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs) == [id])
+        #expect(hosts[1].stop() == 0)
+    }
+
+    /// A host frozen past its lease (SIGSTOP, as a long pause or a partition
+    /// looks): another host takes the job; thawed, the stale host learns at its
+    /// next renewal that the lease is gone and writes nothing more about it.
+    @Test func aFrozenHostIsFencedOff() throws {
+        let outputs = try Self.sharedOutputs()
+        let hosts = try Self.hosts(2, leaseSeconds: 2, outputs: outputs)
+        let job = Self.jobs(1, steps: 400)[0]
+        _ = try hosts[1].diffctl(["pause"])
+        let id = try hosts[0].submit(job)
+        try Self.waitForStep(hosts[0], id, atLeast: 4)
+        let frozen = hosts[0].process!.processIdentifier
+        kill(frozen, SIGSTOP)
+        _ = try hosts[1].diffctl(["resume"])
+        // Host 1 claims it once the lease has expired.
+        let deadline = Date().addingTimeInterval(30)
+        while try hosts[1].job(id)["host"] as? String != "host-1" && Date() < deadline { usleep(50_000) }
+        kill(frozen, SIGCONT)
+        try hosts[1].wait(for: id, state: "succeeded", seconds: 120)
+        let fenceDeadline = Date().addingTimeInterval(10)
+        while !hosts[0].log.contains("job \(id): lease") && Date() < fenceDeadline { usleep(50_000) }
+        #expect(hosts[0].log.contains("job \(id): lease") || hosts[0].log.contains("job \(id): a checkpoint was refused"),
+                "\(hosts[0].log.suffix(2000))")
+        #expect(try Self.samples(outputs, id) == Self.singleHost([job])[0])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs) == [id], "one output directory, none from the stale host")
+        let stats = try hosts[0].call(["verb": "stats"])
+        print("frozen host: \(stats["leases_lost"] ?? "?") lease(s) lost, \(stats["fenced_writes"] ?? "?") fenced write(s)")
+        for host in hosts { #expect(host.stop() == 0) }
+    }
+
+    /// A job submitted on one host wakes an idle one through NOTIFY, not at its
+    /// next look (a lease tick, 2 s here, away); and a cancel sent to
+    /// one host stops the job the other runs.
+    @Test func submitsWakeOtherHostsAndCancelsReachThem() throws {
+        let outputs = try Self.sharedOutputs()
+        let hosts = try Self.hosts(2, leaseSeconds: 6, outputs: outputs)
+        _ = try hosts[0].diffctl(["pause"])
+        let started = Date()
+        var long = Self.jobs(1, steps: 1000)[0]
+        long["count"] = 8
+        let id = try hosts[0].submit(long)
+        while try hosts[1].job(id)["state"] as? String == "queued" && Date().timeIntervalSince(started) < 5 { usleep(5_000) }
+        let wake = Date().timeIntervalSince(started)
+        #expect(try hosts[1].job(id)["state"] as? String == "running", "host 1 did not start the job within 5 s")
+        print(String(format: "an idle host started a job submitted on another host %.0f ms after the submit", wake * 1000))
+        let reply = try hosts[0].call(["verb": "cancel", "id": id])
+        #expect(reply["ok"] as? Bool == true, "\(reply)")
+        try hosts[1].wait(for: id, state: "canceled", seconds: 30)
+        for host in hosts { #expect(host.stop() == 0) }
+    }
+
+    static func waitForStep(_ host: DaemonProcess, _ id: String, atLeast step: Int) throws {
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            let progress = try host.job(id)["progress"] as? [String: Any]
+            if (progress?["step"] as? Int ?? 0) >= step { return }
+            usleep(10_000)
+        }
+        throw DiffusionError("job \(id) did not reach step \(step) within 60 s")
+    }
+}

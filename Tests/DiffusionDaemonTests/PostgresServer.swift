@@ -1,0 +1,109 @@
+import DiffusionKernels
+import Foundation
+
+/// A private PostgreSQL server for the tests: `initdb` into a temporary
+/// directory and `pg_ctl start`, as the `postgres` user when the tests run as
+/// root (PostgreSQL refuses root), on a Unix socket in that directory and a TCP
+/// port on 127.0.0.1. One server serves the whole test run, each test its own
+/// database; it is stopped when the test process exits.
+final class PostgresServer: @unchecked Sendable {
+    /// Debian's server binaries (`make test` installs `postgresql` where missing).
+    static let binaries: String? = {
+        let base = "/usr/lib/postgresql"
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
+        let newest = names.compactMap { Int($0) }.max()
+        guard let newest, FileManager.default.fileExists(atPath: "\(base)/\(newest)/bin/initdb") else { return nil }
+        return "\(base)/\(newest)/bin"
+    }()
+
+    static var available: Bool { binaries != nil }
+
+    /// The run's server, started on first use.
+    static let shared: Result<PostgresServer, Error> = Result {
+        let server = try PostgresServer()
+        atexit { if case .success(let server) = PostgresServer.shared { server.destroy() } }
+        return server
+    }
+
+    let root: String
+    let port: Int
+    private let lock = NSLock()
+    private var databases = 0
+
+    /// A server of its own (a test that restarts it); `shared` serves the rest.
+    init() throws {
+        guard let binaries = Self.binaries else { throw DiffusionError("no PostgreSQL server binaries in /usr/lib/postgresql") }
+        root = "/tmp/dfn-pg-\(UUID().uuidString.prefix(8))"
+        port = Int.random(in: 20_000..<40_000)
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        if geteuid() == 0, let postgres = getpwnam("postgres") { chown(root, postgres.pointee.pw_uid, postgres.pointee.pw_gid) }
+        guard Self.asServerUser("\(binaries)/initdb", ["-D", "\(root)/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"]) == 0 else {
+            throw DiffusionError("initdb into \(root)/data failed")
+        }
+        try start()
+    }
+
+    var binaries: String { Self.binaries! }
+
+    /// `pg_ctl start`, waiting until it accepts connections.
+    func start() throws {
+        let options = "-k \(root) -p \(port) -h 127.0.0.1 -c fsync=off -c max_connections=200"
+        let status = Self.asServerUser("\(binaries)/pg_ctl", ["-D", "\(root)/data", "-l", "\(root)/server.log", "-o", options, "-w", "start"])
+        guard status == 0 else {
+            throw DiffusionError("pg_ctl start failed: \((try? String(contentsOfFile: "\(root)/server.log", encoding: .utf8)) ?? "")")
+        }
+    }
+
+    /// `pg_ctl stop -m fast`: connections are cut, as a server restart cuts them.
+    func stop() {
+        _ = Self.asServerUser("\(binaries)/pg_ctl", ["-D", "\(root)/data", "-m", "fast", "-w", "stop"])
+    }
+
+    /// Stops the server and removes its directory.
+    func destroy() {
+        stop()
+        // Not FileManager: this also runs from atexit, after Foundation's teardown has begun.
+        _ = Self.spawn(["/bin/rm", "-rf", root])
+    }
+
+    func restart() throws {
+        stop()
+        try start()
+    }
+
+    /// A fresh, empty database; its libpq URL over the Unix socket.
+    func createDatabase() throws -> String {
+        let name = lock.withLock { () -> String in
+            databases += 1
+            return "t\(getpid())_\(databases)"
+        }
+        let created = try DaemonProcess.run("\(binaries)/psql", ["-h", root, "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-q", "-c", "CREATE DATABASE \(name)"])
+        guard created.status == 0 else { throw DiffusionError("CREATE DATABASE failed: \(created.stderr)") }
+        return url(name)
+    }
+
+    func url(_ database: String) -> String { "postgresql:///\(database)?host=\(root)&port=\(port)&user=postgres" }
+
+    /// Runs a server program as `postgres` when this process is root; its exit
+    /// status. Through posix_spawn and waitpid, output to /dev/null (the
+    /// server's log is server.log): the server pg_ctl starts keeps the
+    /// descriptors it was given, and Foundation's Process waited on it forever.
+    private static func asServerUser(_ program: String, _ arguments: [String]) -> Int32 {
+        spawn(geteuid() == 0 ? ["/usr/sbin/runuser", "-u", "postgres", "--", program] + arguments : [program] + arguments)
+    }
+
+    private static func spawn(_ command: [String]) -> Int32 {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+        var argv = command.map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid = pid_t()
+        guard posix_spawn(&pid, command[0], &actions, nil, &argv, environ) == 0 else { return -1 }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return status
+    }
+}
