@@ -248,11 +248,15 @@ public final class Daemon {
     // MARK: Leases
 
     /// Every third of `[queue] lease_seconds`: this host's leases are renewed
-    /// (with each job's progress); a job whose lease another host has taken is
-    /// dropped at once, writing nothing more; a cancel asked on another host
-    /// takes effect; ends the database could not record are tried again.
+    /// (with each job's progress), after the ends the database could not record
+    /// are tried again; a job whose lease another host has taken is dropped at
+    /// once, writing nothing more; a cancel asked on another host takes effect.
     private func renewLeases() {
         do {
+            // Ends first: each names its lease, so one the job no longer holds is refused.
+            let pending = unsettled
+            unsettled = []
+            for event in pending { try handle(event) }
             let renewal = try store.renew(running.values.map { ($0.lease, $0.done) })
             for id in renewal.lost {
                 guard let current = running.removeValue(forKey: id) else { continue }
@@ -262,9 +266,6 @@ public final class Daemon {
                 publish(id, event: "state")
             }
             for id in renewal.cancelRequested { running[id]?.assignment.control.cancel.store(true, ordering: .relaxed) }
-            let pending = unsettled
-            unsettled = []
-            for event in pending { try handle(event) }
             if !renewal.lost.isEmpty || !pending.isEmpty { dispatch() }
         } catch {
             log.warning("leases not renewed: \(error)")

@@ -27,6 +27,8 @@ final class DaemonProcess {
     let state: String
     let configPath: String
     private(set) var process: Process?
+    /// A command the daemon is started through (`ip netns exec NAME`), which execs it in place.
+    var launcher: [String] = []
 
     /// Writes a configuration (`extra` is appended as TOML) and starts the daemon.
     /// Jobs render one at a time unless `batchImages` lets them share a batch.
@@ -81,6 +83,10 @@ final class DaemonProcess {
         if let openFiles {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/prlimit")
             process.arguments = ["--nofile=\(openFiles)", "\(Self.buildDirectory)/diffusiond"] + process.arguments!
+        }
+        if let program = launcher.first {
+            process.arguments = Array(launcher.dropFirst()) + [process.executableURL!.path] + process.arguments!
+            process.executableURL = URL(fileURLWithPath: program)
         }
         process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
         if !FileManager.default.fileExists(atPath: logPath) { _ = FileManager.default.createFile(atPath: logPath, contents: nil) }

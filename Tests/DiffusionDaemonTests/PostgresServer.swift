@@ -30,8 +30,15 @@ final class PostgresServer: @unchecked Sendable {
     private let lock = NSLock()
     private var databases = 0
 
-    /// A server of its own (a test that restarts it); `shared` serves the rest.
-    init() throws {
+    /// Addresses it listens on, and clients it lets in beyond the local ones (CIDR).
+    let listen: String
+    let allow: String?
+
+    /// A server of its own (a test that restarts it, or hosts in network
+    /// namespaces reach over `allow`); `shared` serves the rest.
+    init(listen: String = "127.0.0.1", allow: String? = nil) throws {
+        self.listen = listen
+        self.allow = allow
         guard let binaries = Self.binaries else { throw DiffusionError("no PostgreSQL server binaries in /usr/lib/postgresql") }
         root = "/tmp/dfn-pg-\(UUID().uuidString.prefix(8))"
         port = Int.random(in: 20_000..<40_000)
@@ -40,6 +47,12 @@ final class PostgresServer: @unchecked Sendable {
         guard Self.asServerUser("\(binaries)/initdb", ["-D", "\(root)/data", "-U", "postgres", "--auth=trust", "-E", "UTF8"]) == 0 else {
             throw DiffusionError("initdb into \(root)/data failed")
         }
+        if let allow {
+            let hba = try FileHandle(forWritingTo: URL(fileURLWithPath: "\(root)/data/pg_hba.conf"))
+            hba.seekToEndOfFile()
+            hba.write(Data("host all all \(allow) trust\n".utf8))
+            try hba.close()
+        }
         try start()
     }
 
@@ -47,7 +60,7 @@ final class PostgresServer: @unchecked Sendable {
 
     /// `pg_ctl start`, waiting until it accepts connections.
     func start() throws {
-        let options = "-k \(root) -p \(port) -h 127.0.0.1 -c fsync=off -c max_connections=200"
+        let options = "-k \(root) -p \(port) -h \(listen) -c fsync=off -c max_connections=200"
         let status = Self.asServerUser("\(binaries)/pg_ctl", ["-D", "\(root)/data", "-l", "\(root)/server.log", "-o", options, "-w", "start"])
         guard status == 0 else {
             throw DiffusionError("pg_ctl start failed: \((try? String(contentsOfFile: "\(root)/server.log", encoding: .utf8)) ?? "")")
@@ -72,17 +85,23 @@ final class PostgresServer: @unchecked Sendable {
     }
 
     /// A fresh, empty database; its libpq URL over the Unix socket.
-    func createDatabase() throws -> String {
+    func createDatabase() throws -> String { url(try newDatabase()) }
+
+    /// A fresh, empty database's name.
+    func newDatabase() throws -> String {
         let name = lock.withLock { () -> String in
             databases += 1
             return "t\(getpid())_\(databases)"
         }
         let created = try DaemonProcess.run("\(binaries)/psql", ["-h", root, "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-q", "-c", "CREATE DATABASE \(name)"])
         guard created.status == 0 else { throw DiffusionError("CREATE DATABASE failed: \(created.stderr)") }
-        return url(name)
+        return name
     }
 
     func url(_ database: String) -> String { "postgresql:///\(database)?host=\(root)&port=\(port)&user=postgres" }
+
+    /// The database over TCP at `address` (one of `listen`).
+    func url(_ database: String, address: String) -> String { "postgresql://postgres@\(address):\(port)/\(database)" }
 
     /// Runs a server program as `postgres` when this process is root; its exit
     /// status. Through posix_spawn and waitpid, output to /dev/null (the
