@@ -62,6 +62,8 @@ public struct DaemonConfig: Sendable {
     public var spool: String { spoolDirectory ?? "\(stateDirectory)/spool" }
     public var database: String { databasePath ?? "\(stateDirectory)/queue.sqlite" }
     public var outputs: String { outputsDirectory ?? "\(stateDirectory)/outputs" }
+    /// The queue's file, or its database's URL with the password masked.
+    public var queueLocation: String { queueBackend == .sqlite ? database : PostgresDatabase.redacted(queueURL ?? "") }
     public var checkpoints: String { "\(stateDirectory)/checkpoints" }
     public var previews: String { "\(stateDirectory)/previews" }
 

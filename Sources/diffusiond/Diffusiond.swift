@@ -12,7 +12,7 @@ struct Diffusiond: ParsableCommand {
         abstract: "A batch render daemon for diffusion models on CPUs.",
         discussion: "Without a subcommand, runs the daemon in the foreground (docs/protocol.md, etc/diffusiond.toml).",
         version: RenderOutput.programVersion,
-        subcommands: [Serve.self, CheckConfig.self, RenderJob.self], defaultSubcommand: Serve.self)
+        subcommands: [Serve.self, CheckConfig.self, RenderJob.self, MigrateQueue.self], defaultSubcommand: Serve.self)
 }
 
 /// Reads the configuration, or the defaults without `--config`; a bad file is one line and exit 1.
@@ -65,10 +65,31 @@ struct CheckConfig: ParsableCommand {
             models     \(settings.allModelDirectories.joined(separator: ", "))
             threads    \(settings.threads)
             limits     steps \(settings.limits.maxSteps), count \(settings.limits.maxCount), pixels \(settings.limits.maxPixels), \(settings.jobSeconds) s per job
-            queue      \(settings.maxAttempts) attempts, backoff \(settings.retryBackoffSeconds) s
+            queue      \(settings.queueBackend.rawValue) \(settings.queueLocation), host \(settings.hostName), lease \(settings.leaseSeconds) s, \(settings.maxAttempts) attempts, backoff \(settings.retryBackoffSeconds) s
             history    \(settings.keepJobs) jobs, \(settings.keepDays) days
             log        \(settings.logLevel.rawValue)
             """)
+    }
+}
+
+struct MigrateQueue: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate-queue",
+        abstract: "Copy this host's SQLite queue into an empty PostgreSQL database (docs/cluster.md).",
+        discussion: "Stop the daemon first. Then set [queue] backend = \"postgresql\" and url in the configuration and start it again.")
+
+    @Option(help: "The configuration file (its [paths] database and checkpoints are the source).") var config: String?
+    @Option(help: "The target database, a libpq URI; its tables are created if missing and must hold no job.") var to: String
+
+    func run() throws {
+        let settings = try loadConfig(config)
+        do {
+            let counts = try QueueMigration.run(config: settings, to: to)
+            print("copied \(counts.jobs) job(s), \(counts.events) event(s) and \(counts.checkpoints) checkpoint(s) from \(settings.database)")
+        } catch {
+            FileHandle.standardError.write(Data("diffusiond: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
     }
 }
 

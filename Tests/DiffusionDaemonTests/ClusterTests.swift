@@ -160,6 +160,36 @@ struct ClusterTests {
         for host in hosts { #expect(host.stop() == 0) }
     }
 
+    /// `diffusiond migrate-queue`: a stopped SQLite host's queue moves into
+    /// PostgreSQL with its ids, states and events, and the host goes on from it.
+    @Test func aSingleHostsQueueMovesIntoPostgres() throws {
+        let daemon = try DaemonProcess()
+        let done = try daemon.submit(DaemonProcess.smallJob(steps: 3))
+        try daemon.wait(for: done, state: "succeeded")
+        _ = try daemon.diffctl(["pause"])
+        let waiting = try (0..<2).map { try daemon.submit(DaemonProcess.smallJob(steps: 3, seed: 40 + $0)) }
+        #expect(daemon.stop() == 0)
+        let url = try PostgresServer.shared.get().createDatabase()
+        let diffusiond = "\(DaemonProcess.buildDirectory)/diffusiond"
+        let migrated = try DaemonProcess.run(diffusiond, ["migrate-queue", "--config", daemon.configPath, "--to", url])
+        #expect(migrated.status == 0 && migrated.stdout.hasPrefix("copied 3 job(s)"), "\(migrated.stdout)\(migrated.stderr)")
+        // A second copy into the same database is refused, in one line.
+        let again = try DaemonProcess.run(diffusiond, ["migrate-queue", "--config", daemon.configPath, "--to", url])
+        #expect(again.status == 1 && again.stderr.contains("already holds 3 job(s); migrate into an empty database"), "\(again.stderr)")
+
+        let config = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
+        try (config + "\n[queue]\nbackend = \"postgresql\"\nurl = \"\(url)\"\n").write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
+        try daemon.start()
+        #expect(try daemon.job(done)["state"] as? String == "succeeded")
+        let events = try daemon.call(["verb": "show", "id": done])["events"] as? [[String: Any]] ?? []
+        #expect(events.count >= 3, "\(events)")
+        _ = try daemon.diffctl(["resume"])
+        for id in waiting { try daemon.wait(for: id, state: "succeeded") }
+        let fresh = try daemon.submit(DaemonProcess.smallJob(steps: 3))
+        #expect(Int(fresh)! > Int(waiting.last!)!)
+        #expect(daemon.stop() == 0)
+    }
+
     static func waitForStep(_ host: DaemonProcess, _ id: String, atLeast step: Int) throws {
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline {
