@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test bench soak fuzz sanitize demo install stage tools-python fixtures clean
+.PHONY: all deps build test test-postgres bench soak fuzz sanitize demo install stage tools-python fixtures clean
 
 all: build
 
@@ -24,6 +24,12 @@ build: deps
 test: deps
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	swift test --skip-build $(SWIFT_BUILD_FLAGS)
+
+# The daemon's test suite again with every test daemon's queue in PostgreSQL
+# (a private server the tests start); tests that read the SQLite files are skipped.
+test-postgres: deps
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	DIFFUSIOND_TEST_QUEUE=postgresql swift test --skip-build --filter DiffusionDaemonTests $(SWIFT_BUILD_FLAGS)
 
 # The main job: diffusiond with a local configuration in out/demo renders the
 # default Fashion-MNIST model's every class, 8 of each (one class a row of

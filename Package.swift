@@ -76,7 +76,9 @@ let package = Package(
         .executableTarget(
             name: "diffctl",
             dependencies: ["DiffusionDaemon", .product(name: "ArgumentParser", package: "swift-argument-parser")]),
-        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionDaemon"], swiftSettings: nativeCode),
+        .executableTarget(name: "diffusion-bench", dependencies: ["DiffusionDaemon", "DiffusionTestSupport"], swiftSettings: nativeCode),
+        // What the tests and the benchmarks start for themselves: a private PostgreSQL server.
+        .target(name: "DiffusionTestSupport", dependencies: ["DiffusionKernels"]),
         // The parsers under libFuzzer (`make fuzz`), or a corpus replayed once.
         .executableTarget(name: "diffusion-fuzz", dependencies: ["DiffusionDaemon"]),
 
@@ -84,7 +86,7 @@ let package = Package(
         .testTarget(name: "DiffusionPluginKitTests", dependencies: ["DiffusionPluginKit"]),
         .testTarget(name: "DiffusionRenderTests", dependencies: ["DiffusionRender"], resources: [.copy("Fixtures")]),
         .testTarget(name: "DiffusionKernelsTests", dependencies: ["DiffusionKernels"]),
-        .testTarget(name: "DiffusionDaemonTests", dependencies: ["DiffusionDaemon"]),
+        .testTarget(name: "DiffusionDaemonTests", dependencies: ["DiffusionDaemon", "DiffusionTestSupport"]),
         .testTarget(
             name: "DiffusionModelsTests", dependencies: ["DiffusionModels"],
             resources: [.copy("Fixtures")]),

@@ -8,6 +8,7 @@ func runDaemonBench(_ options: BenchOptions) throws {
     print("\nThe daemon (diffusiond from this build, the default model, \(options.threads) threads)")
     try queueLoad(options)
     try batching(options)
+    try sharedQueueThroughput()
 }
 
 /// A diffusiond in a scratch directory, stopped and removed at the end.
@@ -16,17 +17,22 @@ final class ScratchDaemon {
     let socket: String
     private var process: Process?
 
-    init(batchImages: Int, threads: Int, checkpointEvery: Int = 10) throws {
+    /// `queue`: the body of a `[queue]` table (the backend and its settings).
+    init(batchImages: Int, threads: Int, checkpointEvery: Int = 10, queue: String = "", outputs: String = "state/outputs") throws {
         root = "/tmp/diffusion-bench-\(UUID().uuidString.prefix(8))"
         socket = "\(root)/state/diffusiond.sock"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
-        let models = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("models").path
+        let repository = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let models = repository.appendingPathComponent("models").path
+        // The Gaussian mixture `gmm`, which renders in microseconds: the queue's own cost.
+        let fixtures = repository.appendingPathComponent("Tests/DiffusionRenderTests/Fixtures").path
         try """
             [paths]
             state = "state"
             socket = "state/diffusiond.sock"
-            models = ["\(models)"]
+            outputs = "\(outputs)"
+            models = ["\(models)", "\(fixtures)"]
             [render]
             threads = \(threads)
             batch_images = \(batchImages)
@@ -37,6 +43,7 @@ final class ScratchDaemon {
             [queue]
             # The soak kills the daemon on purpose, many times per job.
             poison_after_crashes = 0
+            \(queue)
             [log]
             level = "warning"
             """.write(toFile: "\(root)/diffusiond.toml", atomically: true, encoding: .utf8)

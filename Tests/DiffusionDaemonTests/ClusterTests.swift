@@ -1,4 +1,5 @@
 import DiffusionKernels
+import DiffusionTestSupport
 import Foundation
 import Testing
 @testable import DiffusionDaemon
@@ -163,7 +164,7 @@ struct ClusterTests {
     /// `diffusiond migrate-queue`: a stopped SQLite host's queue moves into
     /// PostgreSQL with its ids, states and events, and the host goes on from it.
     @Test func aSingleHostsQueueMovesIntoPostgres() throws {
-        let daemon = try DaemonProcess()
+        let daemon = try DaemonProcess(extra: "[queue]\nbackend = \"sqlite\"")
         let done = try daemon.submit(DaemonProcess.smallJob(steps: 3))
         try daemon.wait(for: done, state: "succeeded")
         _ = try daemon.diffctl(["pause"])
@@ -178,7 +179,8 @@ struct ClusterTests {
         #expect(again.status == 1 && again.stderr.contains("already holds 3 job(s); migrate into an empty database"), "\(again.stderr)")
 
         let config = try String(contentsOfFile: daemon.configPath, encoding: .utf8)
-        try (config + "\n[queue]\nbackend = \"postgresql\"\nurl = \"\(url)\"\n").write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
+            .replacingOccurrences(of: "backend = \"sqlite\"", with: "backend = \"postgresql\"\nurl = \"\(url)\"")
+        try config.write(toFile: daemon.configPath, atomically: true, encoding: .utf8)
         try daemon.start()
         #expect(try daemon.job(done)["state"] as? String == "succeeded")
         let events = try daemon.call(["verb": "show", "id": done])["events"] as? [[String: Any]] ?? []

@@ -1,5 +1,6 @@
 import DiffusionDaemon
 import DiffusionKernels
+import DiffusionTestSupport
 import Foundation
 import Testing
 
@@ -22,6 +23,11 @@ final class DaemonProcess {
     /// a sanitized debug build renders many times slower).
     static let timeScale = ProcessInfo.processInfo.environment["DIFFUSIOND_TEST_TIME_SCALE"].flatMap(Double.init) ?? 1
 
+    /// $DIFFUSIOND_TEST_QUEUE=postgresql (`make test-postgres`) puts every test daemon's queue in PostgreSQL.
+    static let onPostgres = ProcessInfo.processInfo.environment["DIFFUSIOND_TEST_QUEUE"] == "postgresql"
+    /// Tests that read the SQLite file or the checkpoint files themselves.
+    static let readsSQLiteFiles = ConditionTrait.enabled(if: !onPostgres, "reads the SQLite queue's files, which a PostgreSQL queue has not")
+
     let root: String
     let socket: String
     let state: String
@@ -38,6 +44,12 @@ final class DaemonProcess {
         state = "\(root)/state"
         socket = "\(root)/state/diffusiond.sock"
         configPath = "\(root)/diffusiond.toml"
+        var extra = extra
+        if Self.onPostgres && !extra.contains("backend =") {
+            // `make test-postgres`: the same daemon tests, on a queue in the test run's PostgreSQL server.
+            let queue = "[queue]\nbackend = \"postgresql\"\nurl = \"\(try PostgresServer.shared.get().createDatabase())\"\n"
+            extra = extra.contains("[queue]\n") ? extra.replacingOccurrences(of: "[queue]\n", with: queue) : extra + "\n" + queue
+        }
         try """
             [paths]
             state = "state"

@@ -1,4 +1,5 @@
 import DiffusionKernels
+import DiffusionTestSupport
 import Foundation
 import Testing
 @testable import DiffusionDaemon

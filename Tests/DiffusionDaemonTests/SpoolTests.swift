@@ -63,7 +63,7 @@ import Testing
 
     /// A daemon that queued a spool file and stopped before unlinking it must
     /// unlink it at the next start without queuing it again.
-    @Test func aFileAlreadyQueuedIsNotQueuedTwice() throws {
+    @Test(DaemonProcess.readsSQLiteFiles) func aFileAlreadyQueuedIsNotQueuedTwice() throws {
         let daemon = try DaemonProcess(start: false)
         try daemon.start()
         daemon.stop()

@@ -142,7 +142,7 @@ import Testing
     }
 
     /// A checkpoint that does not decode is said in the job's events, and the job starts over.
-    @Test func aCorruptCheckpointIsRecorded() throws {
+    @Test(DaemonProcess.readsSQLiteFiles) func aCorruptCheckpointIsRecorded() throws {
         let daemon = try DaemonProcess()
         let blocker = try daemon.submit(DaemonProcess.smallJob(steps: 1000))
         try daemon.wait(for: blocker, state: "running")
@@ -159,7 +159,7 @@ import Testing
     }
 
     /// The queue holds every job's JSON: the daemon's alone.
-    @Test func theQueueAndCheckpointsAreTheDaemonsAlone() throws {
+    @Test(DaemonProcess.readsSQLiteFiles) func theQueueAndCheckpointsAreTheDaemonsAlone() throws {
         let daemon = try DaemonProcess(extra: "[checkpoint]\nevery_steps = 2")
         let id = try daemon.submit(DaemonProcess.smallJob(steps: 400))
         try daemon.wait(for: id, state: "running")

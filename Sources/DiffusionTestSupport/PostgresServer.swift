@@ -1,14 +1,14 @@
 import DiffusionKernels
 import Foundation
 
-/// A private PostgreSQL server for the tests: `initdb` into a temporary
+/// A private PostgreSQL server for the tests and `make bench`: `initdb` into a temporary
 /// directory and `pg_ctl start`, as the `postgres` user when the tests run as
 /// root (PostgreSQL refuses root), on a Unix socket in that directory and a TCP
 /// port on 127.0.0.1. One server serves the whole test run, each test its own
 /// database; it is stopped when the test process exits.
-final class PostgresServer: @unchecked Sendable {
+public final class PostgresServer: @unchecked Sendable {
     /// Debian's server binaries (`make test` installs `postgresql` where missing).
-    static let binaries: String? = {
+    public static let binaries: String? = {
         let base = "/usr/lib/postgresql"
         let names = (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
         let newest = names.compactMap { Int($0) }.max()
@@ -16,17 +16,17 @@ final class PostgresServer: @unchecked Sendable {
         return "\(base)/\(newest)/bin"
     }()
 
-    static var available: Bool { binaries != nil }
+    public static var available: Bool { binaries != nil }
 
     /// The run's server, started on first use.
-    static let shared: Result<PostgresServer, Error> = Result {
+    public static let shared: Result<PostgresServer, Error> = Result {
         let server = try PostgresServer()
         atexit { if case .success(let server) = PostgresServer.shared { server.destroy() } }
         return server
     }
 
-    let root: String
-    let port: Int
+    public let root: String
+    public let port: Int
     private let lock = NSLock()
     private var databases = 0
 
@@ -36,7 +36,7 @@ final class PostgresServer: @unchecked Sendable {
 
     /// A server of its own (a test that restarts it, or hosts in network
     /// namespaces reach over `allow`); `shared` serves the rest.
-    init(listen: String = "127.0.0.1", allow: String? = nil) throws {
+    public init(listen: String = "127.0.0.1", allow: String? = nil) throws {
         self.listen = listen
         self.allow = allow
         guard let binaries = Self.binaries else { throw DiffusionError("no PostgreSQL server binaries in /usr/lib/postgresql") }
@@ -59,7 +59,7 @@ final class PostgresServer: @unchecked Sendable {
     var binaries: String { Self.binaries! }
 
     /// `pg_ctl start`, waiting until it accepts connections.
-    func start() throws {
+    public func start() throws {
         let options = "-k \(root) -p \(port) -h \(listen) -c fsync=off -c max_connections=200"
         let status = Self.asServerUser("\(binaries)/pg_ctl", ["-D", "\(root)/data", "-l", "\(root)/server.log", "-o", options, "-w", "start"])
         guard status == 0 else {
@@ -68,40 +68,41 @@ final class PostgresServer: @unchecked Sendable {
     }
 
     /// `pg_ctl stop -m fast`: connections are cut, as a server restart cuts them.
-    func stop() {
+    public func stop() {
         _ = Self.asServerUser("\(binaries)/pg_ctl", ["-D", "\(root)/data", "-m", "fast", "-w", "stop"])
     }
 
     /// Stops the server and removes its directory.
-    func destroy() {
+    public func destroy() {
         stop()
         // Not FileManager: this also runs from atexit, after Foundation's teardown has begun.
         _ = Self.spawn(["/bin/rm", "-rf", root])
     }
 
-    func restart() throws {
+    public func restart() throws {
         stop()
         try start()
     }
 
     /// A fresh, empty database; its libpq URL over the Unix socket.
-    func createDatabase() throws -> String { url(try newDatabase()) }
+    public func createDatabase() throws -> String { url(try newDatabase()) }
 
     /// A fresh, empty database's name.
-    func newDatabase() throws -> String {
+    public func newDatabase() throws -> String {
         let name = lock.withLock { () -> String in
             databases += 1
             return "t\(getpid())_\(databases)"
         }
-        let created = try DaemonProcess.run("\(binaries)/psql", ["-h", root, "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-q", "-c", "CREATE DATABASE \(name)"])
-        guard created.status == 0 else { throw DiffusionError("CREATE DATABASE failed: \(created.stderr)") }
+        guard Self.spawn(["\(binaries)/psql", "-h", root, "-p", "\(port)", "-U", "postgres", "-d", "postgres", "-q", "-c",
+                          "CREATE DATABASE \(name)"]) == 0
+        else { throw DiffusionError("CREATE DATABASE \(name) failed on the server in \(root)") }
         return name
     }
 
-    func url(_ database: String) -> String { "postgresql:///\(database)?host=\(root)&port=\(port)&user=postgres" }
+    public func url(_ database: String) -> String { "postgresql:///\(database)?host=\(root)&port=\(port)&user=postgres" }
 
     /// The database over TCP at `address` (one of `listen`).
-    func url(_ database: String, address: String) -> String { "postgresql://postgres@\(address):\(port)/\(database)" }
+    public func url(_ database: String, address: String) -> String { "postgresql://postgres@\(address):\(port)/\(database)" }
 
     /// Runs a server program as `postgres` when this process is root; its exit
     /// status. Through posix_spawn and waitpid, output to /dev/null (the
