@@ -5,7 +5,7 @@ SWIFT_BUILD_FLAGS ?=
 # (`make tools-python` makes one in tools/.venv).
 BENCH_PYTHON ?= $(firstword $(wildcard tools/.venv/bin/python) $(DIFFUSION_BENCH_PYTHON))
 
-.PHONY: all deps build test test-postgres bench soak fuzz sanitize demo install stage tools-python fixtures clean
+.PHONY: all deps build test test-postgres test-cluster bench soak fuzz sanitize demo install stage tools-python fixtures clean
 
 all: build
 
@@ -30,6 +30,12 @@ test: deps
 test-postgres: deps
 	swift build --build-tests $(SWIFT_BUILD_FLAGS)
 	DIFFUSIOND_TEST_QUEUE=postgresql swift test --skip-build --filter DiffusionDaemonTests $(SWIFT_BUILD_FLAGS)
+
+# The shared queue's fault test alone (docs/cluster.md): 3 hosts in network
+# namespaces, 300 jobs, 10 kill -9, a server restart, a partition; about 70 s a run.
+test-cluster: deps
+	swift build --build-tests $(SWIFT_BUILD_FLAGS)
+	DIFFUSIOND_FAULT_TEST=1 swift test --skip-build --filter FaultTests $(SWIFT_BUILD_FLAGS)
 
 # The main job: diffusiond with a local configuration in out/demo renders the
 # default Fashion-MNIST model's every class, 8 of each (one class a row of

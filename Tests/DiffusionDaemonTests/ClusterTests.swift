@@ -91,13 +91,7 @@ struct ClusterTests {
     /// takes the job, resumes it from the checkpoint in the database, and
     /// renders the same bits.
     @Test func aKilledHostsJobResumesOnAnotherHost() throws {
-        let outputs = try Self.sharedOutputs()
-        let hosts = try Self.hosts(2, leaseSeconds: 2, outputs: outputs)
-        let job = Self.jobs(1, steps: 400)[0]
-        // Host 1 waits (paused) until host 0 has the job.
-        _ = try hosts[1].diffctl(["pause"])
-        let id = try hosts[0].submit(job)
-        try Self.waitForStep(hosts[0], id, atLeast: 6)
+        let (hosts, outputs, job, id) = try Self.longJobOnHostZero(pastStep: 6)
         hosts[0].kill9()
         _ = try hosts[1].diffctl(["resume"])
         let record = try hosts[1].wait(for: id, state: "succeeded", seconds: 120)
@@ -115,12 +109,7 @@ struct ClusterTests {
     /// looks): another host takes the job; thawed, the stale host learns at its
     /// next renewal that the lease is gone and writes nothing more about it.
     @Test func aFrozenHostIsFencedOff() throws {
-        let outputs = try Self.sharedOutputs()
-        let hosts = try Self.hosts(2, leaseSeconds: 2, outputs: outputs)
-        let job = Self.jobs(1, steps: 400)[0]
-        _ = try hosts[1].diffctl(["pause"])
-        let id = try hosts[0].submit(job)
-        try Self.waitForStep(hosts[0], id, atLeast: 4)
+        let (hosts, outputs, job, id) = try Self.longJobOnHostZero(pastStep: 4)
         let frozen = hosts[0].process!.processIdentifier
         kill(frozen, SIGSTOP)
         _ = try hosts[1].diffctl(["resume"])
@@ -190,6 +179,18 @@ struct ClusterTests {
         let fresh = try daemon.submit(DaemonProcess.smallJob(steps: 3))
         #expect(Int(fresh)! > Int(waiting.last!)!)
         #expect(daemon.stop() == 0)
+    }
+
+    /// Two hosts with 2 s leases and a long job host 0 has rendered past
+    /// `step` of (host 1 was paused until then, and is left paused).
+    static func longJobOnHostZero(pastStep step: Int) throws -> ([DaemonProcess], String, [String: Any], String) {
+        let outputs = try sharedOutputs()
+        let hosts = try hosts(2, leaseSeconds: 2, outputs: outputs)
+        let job = jobs(1, steps: 400)[0]
+        _ = try hosts[1].diffctl(["pause"])
+        let id = try hosts[0].submit(job)
+        try waitForStep(hosts[0], id, atLeast: step)
+        return (hosts, outputs, job, id)
     }
 
     static func waitForStep(_ host: DaemonProcess, _ id: String, atLeast step: Int) throws {

@@ -80,8 +80,13 @@ final class TestNetwork {
 /// output directory, bit-identical to a single SQLite host's render; every
 /// success came from the host of the job's last claim; the cut-off host's jobs
 /// finished elsewhere.
-@Suite(.serialized, .enabled(if: PostgresServer.available && TestNetwork.available,
-                             "needs PostgreSQL's server and root to make network namespaces (ip netns)"))
+///
+/// A long check of its own (`make test-cluster`, which sets
+/// $DIFFUSIOND_FAULT_TEST), run alone rather than beside the whole suite.
+@Suite(.serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["DIFFUSIOND_FAULT_TEST"] != nil, "a long check: make test-cluster runs it"),
+       .enabled(if: PostgresServer.available && TestNetwork.available,
+                "needs PostgreSQL's server and root to make network namespaces (ip netns)"))
 struct FaultTests {
     static let leaseSeconds = 3
 
