@@ -139,7 +139,9 @@ final class DaemonProcess {
         do {
             return try client().call(request)
         } catch {
-            throw DiffusionError("\(error); the daemon's log ends: \(log.suffix(3000))")
+            // Whether it died, and by which signal, tells a crash from a closed connection.
+            let state = process.map { $0.isRunning ? "still running" : "exited (\($0.terminationReason == .uncaughtSignal ? "signal" : "status") \($0.terminationStatus))" }
+            throw DiffusionError("\(error); the daemon is \(state ?? "not started"); its log ends: \(log.suffix(3000))")
         }
     }
 
