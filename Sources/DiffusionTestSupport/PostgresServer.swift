@@ -26,7 +26,7 @@ public final class PostgresServer: @unchecked Sendable {
     }
 
     public let root: String
-    public let port: Int
+    public private(set) var port: Int
     private let lock = NSLock()
     private var databases = 0
 
@@ -53,7 +53,15 @@ public final class PostgresServer: @unchecked Sendable {
             hba.write(Data("host all all \(allow) trust\n".utf8))
             try hba.close()
         }
-        try start()
+        // A random port may be taken: two more tries on others.
+        for attempt in 1...3 {
+            do {
+                try start()
+                return
+            } catch where attempt < 3 {
+                port = Int.random(in: 20_000..<40_000)
+            }
+        }
     }
 
     var binaries: String { Self.binaries! }
