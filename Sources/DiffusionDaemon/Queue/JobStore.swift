@@ -69,11 +69,10 @@ struct JobRecord {
     /// The host holding the job's lease (while running; kept after, for the record).
     var leaseHost: String?
     var leaseToken: Int?
-    var leaseExpires: Double?
 
     static let columns = """
         id, state, owner_uid, owner_name, priority, job, source, attempts, max_attempts, not_before, steps, count,
-        step, images_done, error, created_at, started_at, finished_at, model, lease_host, lease_token, lease_expires
+        step, images_done, error, created_at, started_at, finished_at, model, lease_host, lease_token
         """
 
     init(row: DatabaseRow) {
@@ -98,7 +97,6 @@ struct JobRecord {
         model = row.string(18) ?? ""
         leaseHost = row.string(19)
         leaseToken = row.optionalInt(20)
-        leaseExpires = row.double(21)
     }
 }
 
@@ -366,14 +364,17 @@ final class JobStore {
         let now = Self.now()
         return try db.write {
             var result: (queued: [Int], poisoned: [Int]) = ([], [])
+            // At start-up, this host's own jobs; on a queue no other host
+            // shares, every running job is this host's, whatever it was called.
+            let mine = startup ? (db.isShared ? " OR lease_host = ?" : " OR 1 = 1") : ""
             let rows = try db.query("""
                 SELECT id, crashes, lease_host, lease_expires < \(db.clock) FROM jobs
-                WHERE state = 'running' AND (lease_expires IS NULL OR lease_expires < \(db.clock) OR (? = 1 AND lease_host = ?))\(db.claimLock)
-                """, [.integer(startup ? 1 : 0), .text(hostName)])
+                WHERE state = 'running' AND (lease_expires IS NULL OR lease_expires < \(db.clock)\(mine))\(db.claimLock)
+                """, startup && db.isShared ? [.text(hostName)] : [])
             for row in rows {
                 let (id, crashes) = (row.int(0), row.int(1) + 1)
                 let host = row.string(2) ?? "a host"
-                let why = host == hostName && row.int(3) == 0 ? "the daemon stopped while it ran (unclean exit \(crashes))"
+                let why = row.int(3) == 0 ? "the daemon stopped while it ran (unclean exit \(crashes))"
                     : "the lease of \(host) expired (\(crashes) in a row)"
                 if poisonAfter > 0 && crashes >= poisonAfter {
                     let reason = "the daemon exited uncleanly \(crashes) times in a row while this job ran, so it is not run again by itself (diffctl retry runs it again)"

@@ -109,13 +109,17 @@ final class PostgresDatabase: QueueDatabase {
         var formats: [Int32] = []
         var buffers: [Data?] = []
         for argument in arguments {
+            let (type, format, bytes): (Oid, Int32, Data?)
             switch argument {
-            case .null: (types, formats, buffers) = (types + [0], formats + [0], buffers + [nil])
-            case .integer(let value): (types, formats, buffers) = (types + [20], formats + [0], buffers + [Data("\(value)\0".utf8)])
-            case .real(let value): (types, formats, buffers) = (types + [701], formats + [0], buffers + [Data("\(value)\0".utf8)])
-            case .text(let value): (types, formats, buffers) = (types + [25], formats + [0], buffers + [Data((value + "\0").utf8)])
-            case .blob(let value): (types, formats, buffers) = (types + [17], formats + [1], buffers + [value])
+            case .null: (type, format, bytes) = (0, 0, nil)
+            case .integer(let value): (type, format, bytes) = (20, 0, Data("\(value)\0".utf8))
+            case .real(let value): (type, format, bytes) = (701, 0, Data("\(value)\0".utf8))
+            case .text(let value): (type, format, bytes) = (25, 0, Data((value + "\0").utf8))
+            case .blob(let value): (type, format, bytes) = (17, 1, value)
             }
+            types.append(type)
+            formats.append(format)
+            buffers.append(bytes)
         }
         let lengths = buffers.map { Int32($0?.count ?? 0) }
         let pointers = buffers.map { data -> UnsafeMutablePointer<CChar>? in
@@ -190,6 +194,7 @@ final class PostgresDatabase: QueueDatabase {
         }
     }
 
+    /// Each entry migrates the schema from version `index` to `index + 1`.
     let migrations = [
         """
         CREATE TABLE jobs (
@@ -241,6 +246,7 @@ final class PostgresDatabase: QueueDatabase {
         """,
     ]
 
+    let isShared = true
     let claimLock = " FOR UPDATE SKIP LOCKED"
     let rowLock = " FOR UPDATE"
     let clock = "EXTRACT(EPOCH FROM clock_timestamp())::float8"

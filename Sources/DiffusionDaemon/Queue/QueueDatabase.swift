@@ -54,10 +54,10 @@ protocol QueueDatabase: AnyObject {
     /// `body` in one transaction that holds the write lock, rolled back if it throws.
     func write<T>(_ body: () throws -> T) throws -> T
 
-    /// Each entry migrates the schema from version `index` to `index + 1`.
-    var migrations: [String] { get }
-    /// Migrates to the newest schema; safe when several hosts start at once.
+    /// Migrates to the newest schema (its versioned migrations); safe when several hosts start at once.
     func migrate() throws
+    /// Whether other hosts may use the queue too (their leases are theirs).
+    var isShared: Bool { get }
     /// Appended to the SELECT that picks a job to claim or a row to change: a
     /// row another host has locked is skipped (PostgreSQL's FOR UPDATE SKIP
     /// LOCKED), or nothing where the write lock is already the whole file's.

@@ -131,6 +131,7 @@ final class SQLiteDatabase: QueueDatabase {
         }
     }
 
+    /// Each entry migrates the schema from version `index` to `index + 1`.
     let migrations = [
         """
         CREATE TABLE jobs (
@@ -197,6 +198,8 @@ final class SQLiteDatabase: QueueDatabase {
         """,
     ]
 
+    /// One host per file (the state directory's lock).
+    let isShared = false
     let claimLock = ""
     let rowLock = ""
     let clock = "((julianday('now') - 2440587.5) * 86400.0)"
