@@ -107,10 +107,6 @@ public final class Daemon {
         requeueAbandoned(startup: true)
 
         let wake = LoopAsync(loop) { [unowned self] in drainWorker() }
-        if let table = checkpoints as? CheckpointTable {
-            let skipped = Logger(label: "diffusiond.worker")
-            table.onSkipped = { id, error in skipped.warning("job \(id): checkpoint skipped: \(error)") }
-        }
         worker = RenderWorker(wake: wake, registry: registry, modelDirectories: config.allModelDirectories,
                               cacheBytes: config.modelCacheMB << 20, limits: config.limits, threads: config.threads,
                               checkpoints: checkpoints)
@@ -256,7 +252,7 @@ public final class Daemon {
             // Ends first: each names its lease, so one the job no longer holds is refused.
             let pending = unsettled
             unsettled = []
-            for event in pending { try handle(event) }
+            for event in pending { record(event) }
             let renewal = try store.renew(running.values.map { ($0.lease, $0.done) })
             for id in renewal.lost {
                 guard let current = running.removeValue(forKey: id) else { continue }
@@ -282,7 +278,12 @@ public final class Daemon {
                 log.error("job \(id) was running at \(config.poisonAfterCrashes) unclean ends in a row; failed as a poison job")
             }
             metrics.leasesExpiredTotal += startup ? 0 : abandoned.queued.count + abandoned.poisoned.count
-            try OutputDirectory.sweep(outputs: config.outputs, record: store.record)
+            // Partial outputs are left only by a host that stopped: this one,
+            // or one whose jobs were just requeued. The shared directory is
+            // listed then, not at every tick.
+            if startup || !abandoned.queued.isEmpty || !abandoned.poisoned.isEmpty {
+                try OutputDirectory.sweep(outputs: config.outputs, record: store.record)
+            }
             if !startup && !abandoned.queued.isEmpty { dispatch() }
         } catch {
             log.warning("abandoned jobs not requeued: \(error)")
@@ -312,20 +313,25 @@ public final class Daemon {
     private func drainWorker() {
         var ended = false
         for event in worker.takeEvents() {
-            do {
-                try handle(event)
-            } catch let error as DiffusionError where error.transient && event.isEnd {
-                // Recorded at a later renewal, if the lease still holds; the
-                // outputs wait in their partial directory meanwhile.
-                log.warning("the queue cannot record a job's end yet: \(error)")
-                unsettled.append(event)
-            } catch {
-                log.error("the queue cannot be written: \(error)")
-            }
+            record(event)
             if event.isEnd { ended = true }
         }
         // Progress alone frees no room in the batch: the queue is read only when a job ended.
         if ended { dispatch() }
+    }
+
+    /// One worker event into the queue. A job's end the database cannot take
+    /// now waits in `unsettled` (its outputs in their partial directory) and
+    /// is tried again at each renewal until it is recorded or refused.
+    private func record(_ event: WorkerEvent) {
+        do {
+            try handle(event)
+        } catch let error as DiffusionError where error.transient && event.isEnd {
+            log.warning("the queue cannot record a job's end yet: \(error)")
+            unsettled.append(event)
+        } catch {
+            log.error("the queue cannot be written: \(error)")
+        }
     }
 
     private func handle(_ event: WorkerEvent) throws {
@@ -349,8 +355,10 @@ public final class Daemon {
             (running[id]!.done, running[id]!.overall) = (done, overall)
             if let preview { running[id]!.preview = preview }
             publish(id, event: "progress")
-        case .succeeded(let id, let images):
-            guard let lease = running[id]?.lease else { return }
+        case .succeeded(let lease, let images):
+            let id = lease.id
+            // Dropped meanwhile (its lease found lost): its outputs are not the job's.
+            guard running[id] != nil else { return OutputDirectory.discard(outputs: config.outputs, lease: lease) }
             if try store.transition(id, from: [.running], to: .succeeded, reason: "rendered \(images) image(s) on \(config.hostName)",
                                     lease: lease)
             {
@@ -394,7 +402,7 @@ public final class Daemon {
     /// The worker is done with `id`: answer waiting cancels, tell watchers.
     private func finishRunning(_ id: Int) {
         guard let done = running.removeValue(forKey: id) else { return }
-        (checkpoints as? CheckpointFiles)?.remove(id)
+        checkpoints.renderEnded(id)
         let record = try? store.record(id)
         for (session, tag) in done.cancelRequests {
             if record?.state == .canceled {

@@ -42,8 +42,8 @@ enum WorkerEvent: Sendable {
     case progress(id: Int, step: Int, total: Int, stage: Int, stages: Int, done: Int, overall: Int, preview: String?)
     /// One batched model step, for the metrics.
     case stepped(model: String, jobs: Int, images: Int, seconds: Double, cacheBytes: Int)
-    /// Its outputs wait in the partial directory of its lease.
-    case succeeded(id: Int, images: Int)
+    /// Its outputs wait in the partial directory of `lease`.
+    case succeeded(lease: Lease, images: Int)
     case failed(id: Int, error: String, retryable: Bool)
     case canceled(id: Int)
     case abandoned(id: Int)
@@ -275,9 +275,7 @@ final class RenderWorker: @unchecked Sendable {
     private func checkpoint(_ active: Active) throws {
         let assignment = active.assignment
         guard try checkpoints.write(active.render.checkpoint(jobKey: assignment.jobKey), lease: assignment.lease) else {
-            unlink(assignment.previewPath)
-            ended.insert(assignment.id)
-            return report(.leaseLost(id: assignment.id))
+            return finish(assignment, .leaseLost(id: assignment.id))
         }
     }
 
@@ -293,7 +291,7 @@ final class RenderWorker: @unchecked Sendable {
             return fail(active, error)
         }
         log.info("job \(assignment.id): \(render.job.count) image(s) in \(Self.seconds(render.current.stepSeconds)) of the last stage's steps")
-        finish(assignment, .succeeded(id: assignment.id, images: render.job.count))
+        finish(assignment, .succeeded(lease: assignment.lease, images: render.job.count))
     }
 
     /// The job's last report: its preview goes (its checkpoint goes once the

@@ -1,6 +1,7 @@
 import DiffusionKernels
 import DiffusionRender
 import Foundation
+import Logging
 
 /// Where running jobs' checkpoints are kept, by the render thread alone: files
 /// on a single host, the queue database's table when hosts share a queue (so
@@ -11,7 +12,11 @@ protocol CheckpointStore: AnyObject {
     /// there but unreadable (the caller says so in the job's events).
     func read(_ id: Int) throws -> RenderCheckpoint?
     func write(_ checkpoint: RenderCheckpoint, lease: Lease) throws -> Bool
+    /// Drops a checkpoint that cannot be resumed from (the render thread, holding the lease).
     func remove(_ id: Int)
+    /// The loop, once the job's render is over here: a file goes; the
+    /// table's row went with the queue's record of the end, under its lease.
+    func renderEnded(_ id: Int)
 }
 
 /// `checkpoints/JOB-ID.json`: written to a temporary file, flushed to disk,
@@ -57,6 +62,8 @@ final class CheckpointFiles: CheckpointStore {
         unlink(path(id) + ".tmp")
     }
 
+    func renderEnded(_ id: Int) { remove(id) }
+
     /// The checkpoint file at `path` (also the fuzz target's entry).
     static func read(_ path: String) throws -> RenderCheckpoint? {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
@@ -83,7 +90,7 @@ final class CheckpointFiles: CheckpointStore {
 /// render goes on; the next one may get through), never the job's failure.
 final class CheckpointTable: CheckpointStore {
     private let store: JobStore
-    var onSkipped: ((Int, Error) -> Void)?
+    private let log = Logger(label: "diffusiond.worker")
 
     init(store: JobStore) { self.store = store }
 
@@ -96,10 +103,12 @@ final class CheckpointTable: CheckpointStore {
         do {
             return try store.writeCheckpoint(data, lease: lease)
         } catch let error as DiffusionError where error.transient {
-            onSkipped?(lease.id, error)
+            log.warning("job \(lease.id): checkpoint skipped: \(error)")
             return true
         }
     }
 
     func remove(_ id: Int) { try? store.removeCheckpoint(of: id) }
+
+    func renderEnded(_ id: Int) {}
 }
