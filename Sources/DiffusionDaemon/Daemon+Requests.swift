@@ -218,6 +218,9 @@ extension Daemon {
                 let elapsed = Double(DispatchTime.now().uptimeNanoseconds - current.startedAt) / 1e9
                 eta = elapsed / Double(current.done - current.firstDone) * Double(current.overall - current.done)
             }
+        } else if record.state == .running, access("\(config.previews)/\(record.id).png", R_OK) == 0 {
+            // Running on another host of a shared queue, whose previews are beside the shared outputs.
+            preview = "\(config.previews)/\(record.id).png"
         }
         let outputDirectory = OutputDirectory.path(outputs: config.outputs, id: record.id)
         return [
@@ -328,6 +331,7 @@ extension Daemon {
             "leases_lost": metrics.leasesLostTotal,
             "leases_expired": metrics.leasesExpiredTotal,
             "fenced_writes": metrics.fencedWritesTotal,
+            "loop_stall_max_ms": Int((metrics.loopStallMaxSeconds * 1000).rounded()),
         ]
     }
 }

@@ -136,12 +136,19 @@ public final class Daemon {
         if let postgres {
             // Another host's claims, ends and expiries reach this one by NOTIFY;
             // expired leases and remote watchers need a look now and then.
-            postgres.onConnect = { [unowned self] fd in watchNotifications(fd) }
             postgres.onDisconnect = { [unowned self] in
                 notifications?.close()
                 notifications = nil
             }
+            // A NOTIFY read inside a statement, and a connection made again, call for a look at the queue, after the call.
+            let lookAgain = LoopTimer(loop) { [unowned self] in dispatch() }
+            postgres.onNotified = { lookAgain.start(after: 0) }
+            postgres.onConnect = { [unowned self] fd in
+                watchNotifications(fd)
+                lookAgain.start(after: 0)
+            }
             if let fd = postgres.socket { watchNotifications(fd) }
+            postgres.reconnect(on: loop)
             LoopTimer(loop) { [unowned self] in requeueAbandoned(startup: false) }.start(after: leaseTick, repeatEvery: leaseTick)
             LoopTimer(loop) { [unowned self] in publishRemoteProgress() }.start(after: 1000, repeatEvery: 1000)
         }
@@ -155,6 +162,12 @@ public final class Daemon {
         }
         // History is pruned once a minute, not at every job's end: each prune is a write.
         LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 60_000)
+        var lastTick = DispatchTime.now().uptimeNanoseconds
+        LoopTimer(loop) { [unowned self] in
+            let now = DispatchTime.now().uptimeNanoseconds
+            metrics.loopStallMaxSeconds = max(metrics.loopStallMaxSeconds, Double(now - lastTick) / 1e9 - 0.1)
+            lastTick = now
+        }.start(after: 100, repeatEvery: 100)
         if let interval = notifier.watchdogMilliseconds {
             LoopTimer(loop) { [unowned self] in notifier.watchdog() }.start(after: interval, repeatEvery: interval)
         }
@@ -514,6 +527,7 @@ public final class Daemon {
     /// idle_seconds` (watching nothing) is closed. Each limit that bites is logged.
     private func accept(_ connection: PipeConnection) {
         guard let session = ClientSession(connection: connection, maxFrameBytes: config.maxRequestBytes) else {
+            log.warning("a client was disconnected: its credentials (SO_PEERCRED) cannot be read")
             connection.close()
             return
         }
@@ -551,7 +565,10 @@ public final class Daemon {
                 connection.closeAfterWrites()
             }
         }
-        connection.onClose = { [unowned self] in
+        connection.onClose = { [unowned self, unowned connection, unowned session] in
+            if connection.failure != 0 {
+                log.info("uid \(session.uid) (pid \(session.pid)) disconnected: \(String(cString: uv_strerror(connection.failure)))")
+            }
             if let session = sessions.removeValue(forKey: key) {
                 for id in session.watching { watchers[id]?.removeAll { $0 === session } }
             }

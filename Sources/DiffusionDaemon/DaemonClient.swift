@@ -81,7 +81,8 @@ public final class DaemonClient {
             var done = 0
             while done < raw.count {
                 let sent = Glibc.send(fd, raw.baseAddress! + done, raw.count - done, Int32(MSG_NOSIGNAL))
-                guard sent > 0 else { throw NoDaemon(message: "the daemon closed the connection") }
+                if sent < 0 && errno == EINTR { continue }
+                guard sent > 0 else { throw Self.failure(sent == 0 ? 0 : errno) }
                 done += sent
             }
         }
@@ -100,8 +101,20 @@ public final class DaemonClient {
             }
             var chunk = [UInt8](repeating: 0, count: 65536)
             let count = recv(fd, &chunk, chunk.count, 0)
-            guard count > 0 else { throw NoDaemon(message: "the daemon closed the connection") }
+            // A signal that reached this thread (a child process's end, say) is not the daemon's doing.
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { throw Self.failure(count == 0 ? 0 : errno) }
             buffer += chunk[..<count]
+        }
+    }
+
+    /// What a socket call that failed with `code` (0: the peer's end of the stream) means.
+    private static func failure(_ code: Int32) -> NoDaemon {
+        switch code {
+        case 0, EPIPE: return NoDaemon(message: "the daemon closed the connection")
+        case ECONNRESET: return NoDaemon(message: "the daemon reset the connection (it ended, or closed it unread)")
+        case EAGAIN: return NoDaemon(message: "no answer from the daemon within the receive timeout")
+        default: return NoDaemon(message: "the connection to the daemon failed: \(String(cString: strerror(code)))")
         }
     }
 

@@ -65,7 +65,9 @@ public struct DaemonConfig: Sendable {
     /// The queue's file, or its database's URL with the password masked.
     public var queueLocation: String { queueBackend == .sqlite ? database : PostgresDatabase.redacted(queueURL ?? "") }
     public var checkpoints: String { "\(stateDirectory)/checkpoints" }
-    public var previews: String { "\(stateDirectory)/previews" }
+    /// Previews of a shared queue's jobs are beside its outputs, so that a host
+    /// watching a job another host runs can show them.
+    public var previews: String { queueBackend == .sqlite ? "\(stateDirectory)/previews" : "\(outputs)/.previews" }
 
     public init() {}
 

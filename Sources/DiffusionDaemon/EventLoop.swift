@@ -147,17 +147,31 @@ final class LoopDirectoryWatch: LoopActionHandle {
     }
 }
 
-/// A descriptor another library owns (libpq's socket), watched for reading.
+/// A descriptor another library owns (libpq's socket), watched for reading,
+/// or for writing while that library waits to send (a connection being made).
 final class LoopPoll: LoopActionHandle {
-    init(_ loop: EventLoop, fd: Int32, action: @escaping () -> Void) throws {
+    let fd: Int32
+
+    init(_ loop: EventLoop, fd: Int32, writable: Bool = false, action: @escaping () -> Void) throws {
+        self.fd = fd
         super.init(type: UV_POLL, action: action)
-        let poll = raw.assumingMemoryBound(to: uv_poll_t.self)
-        let status = uv_poll_init(loop.loop, poll, fd)
+        let status = uv_poll_init(loop.loop, raw.assumingMemoryBound(to: uv_poll_t.self), fd)
         guard status == 0 else { throw loopError("uv_poll_init", status) }
         adopt()
-        let started = uv_poll_start(poll, Int32(UV_READABLE.rawValue)) { handle, _, _ in LoopActionHandle.fire(handle) }
-        guard started == 0 else { close(); throw loopError("uv_poll_start", started) }
+        do { try watch(writable: writable) } catch { close(); throw error }
     }
+
+    /// Watches for readability, or writability, instead of what it watched.
+    func watch(writable: Bool) throws {
+        let events = Int32((writable ? UV_WRITABLE : UV_READABLE).rawValue)
+        let status = uv_poll_start(raw.assumingMemoryBound(to: uv_poll_t.self), events) { handle, _, _ in
+            LoopActionHandle.fire(handle)
+        }
+        guard status == 0 else { throw loopError("uv_poll_start", status) }
+    }
+
+    /// Stops watching while the owner may close or replace the descriptor.
+    func stop() { uv_poll_stop(raw.assumingMemoryBound(to: uv_poll_t.self)) }
 }
 
 /// A listening Unix socket: bound to a path, or adopted from an inherited fd.
@@ -228,6 +242,8 @@ final class PipeConnection: LoopHandle {
     var stream: UnsafeMutablePointer<uv_stream_t> { raw.assumingMemoryBound(to: uv_stream_t.self) }
     var maxPendingWriteBytes = 1 << 20
     private(set) var readingPaused = false
+    /// Why the connection closed when it was not the client's end of stream: a libuv status.
+    private(set) var failure: Int32 = 0
 
     init(_ loop: EventLoop) {
         super.init(type: UV_NAMED_PIPE)
@@ -257,6 +273,7 @@ final class PipeConnection: LoopHandle {
                     owner.readingPaused = true
                 }
             } else if count < 0 {
+                if count != Int(UV_EOF.rawValue) { owner.failure = Int32(count) }
                 owner.close()
             }
             free(buffer!.pointee.base)
@@ -284,6 +301,7 @@ final class PipeConnection: LoopHandle {
         if status != 0 {
             free(bytes)
             request.deallocate()
+            failure = status
             close()
         }
     }

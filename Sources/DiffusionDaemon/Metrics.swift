@@ -34,6 +34,8 @@ struct Metrics {
     var leasesLostTotal = 0
     var leasesExpiredTotal = 0
     var fencedWritesTotal = 0
+    /// The longest the loop was kept from its timers (a callback or a query that took long).
+    var loopStallMaxSeconds = 0.0
     var modelCacheBytes = 0
     /// Wall time of one batched model step, by model.
     var stepSeconds: [String: Histogram] = [:]
@@ -84,6 +86,8 @@ struct Metrics {
         out += "diffusiond_leases_expired_total \(leasesExpiredTotal)\n"
         family("diffusiond_fenced_writes", "counter", "Writes of this host's the queue refused: the job's lease was no longer its.")
         out += "diffusiond_fenced_writes_total \(fencedWritesTotal)\n"
+        family("diffusiond_loop_stall_max_seconds", "gauge", "The longest the event loop was kept from its timers since the daemon started.")
+        out += "diffusiond_loop_stall_max_seconds \(loopStallMaxSeconds)\n"
         family("diffusiond_model_cache_bytes", "gauge", "Weight bytes of the models the render worker holds.")
         out += "diffusiond_model_cache_bytes \(modelCacheBytes)\n"
         family("diffusiond_step_seconds", "histogram", "Wall time of one batched model step, by model.")

@@ -302,10 +302,11 @@ final class RenderWorker: @unchecked Sendable {
         report(event)
     }
 
-    /// x̂₀ as a grid PNG, replaced atomically; nil if it could not be written.
-    /// x̂₀ as images (a latent model's decoded) in one grid.
+    /// x̂₀ as images (a latent model's decoded) in one grid PNG, replaced
+    /// atomically; nil if it could not be written.
     private func writePreview(_ estimate: Tensor, _ render: Render, _ assignment: RenderAssignment) -> String? {
-        let temporary = assignment.previewPath + ".tmp"
+        // The lease in the name: a stale host's preview never lands half-written in the one the job has now.
+        let temporary = "\(assignment.previewPath).\(assignment.lease.token).tmp"
         do {
             try RenderOutput.writeGrid(try render.images(of: estimate), columns: assignment.job.gridColumns,
                                        range: render.model.description.sampleRange, to: temporary)

@@ -92,6 +92,26 @@ public final class PostgresServer: @unchecked Sendable {
         try start()
     }
 
+    /// `signal` to the server and every backend it forked: SIGSTOP makes a
+    /// server that keeps its connections open (the kernel still acknowledges
+    /// what clients send) and answers nothing; SIGCONT thaws it.
+    public func signalEveryProcess(_ signal: Int32) throws {
+        let pidFile = try String(contentsOfFile: "\(root)/data/postmaster.pid", encoding: .utf8)
+        guard let first = pidFile.split(separator: "\n").first, let postmaster = pid_t(first) else {
+            throw DiffusionError("no server pid in \(root)/data/postmaster.pid")
+        }
+        var pids = [postmaster]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")")
+            else { continue }
+            // After "pid (name) state ": the parent's pid.
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            if fields.count > 1, pid_t(fields[1]) == postmaster { pids.append(pid) }
+        }
+        for pid in pids { kill(pid, signal) }
+    }
+
     /// A fresh, empty database; its libpq URL over the Unix socket.
     public func createDatabase() throws -> String { url(try newDatabase()) }
 

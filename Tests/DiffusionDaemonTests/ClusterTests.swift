@@ -10,8 +10,9 @@ import Testing
 @Suite(.serialized, .enabled(if: PostgresServer.available, "needs PostgreSQL's server (Debian's postgresql; make test installs it)"))
 struct ClusterTests {
     /// `count` hosts on a fresh database, sharing `outputs`.
-    static func hosts(_ count: Int, leaseSeconds: Int = 30, checkpointEvery: Int = 2, outputs: String) throws -> [DaemonProcess] {
-        let url = try PostgresServer.shared.get().createDatabase()
+    static func hosts(_ count: Int, leaseSeconds: Int = 30, checkpointEvery: Int = 2, outputs: String,
+                      url: String? = nil) throws -> [DaemonProcess] {
+        let url = try url ?? PostgresServer.shared.get().createDatabase()
         return try (0..<count).map { index in
             try DaemonProcess(extra: """
                 [queue]
@@ -30,6 +31,11 @@ struct ClusterTests {
         let path = "\(try DaemonProcess.temporaryDirectory())/outputs"
         try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
         return path
+    }
+
+    /// What the shared outputs directory holds but the previews beside them: job directories, and partial ones.
+    static func outputDirectories(_ outputs: String) throws -> [String] {
+        try FileManager.default.contentsOfDirectory(atPath: outputs).filter { $0 != ".previews" }.sorted()
     }
 
     static func samples(_ outputs: String, _ id: String) throws -> Data {
@@ -81,8 +87,7 @@ struct ClusterTests {
         }
         let expected = try Self.singleHost(jobs)
         for (id, samples) in zip(ids, expected) { #expect(try Self.samples(outputs, id) == samples, "job \(id)") }
-        let directories = try FileManager.default.contentsOfDirectory(atPath: outputs).sorted()
-        #expect(directories == ids.sorted(), "exactly one complete output directory per job, no partial one")
+        #expect(try Self.outputDirectories(outputs) == ids.sorted(), "exactly one complete output directory per job, no partial one")
         print("two hosts: \(ranOn.sorted { $0.key < $1.key }.map { "\($0.key) ran \($0.value)" }.joined(separator: ", "))")
         for host in hosts { #expect(host.stop() == 0) }
     }
@@ -101,7 +106,7 @@ struct ClusterTests {
         #expect(reasons.contains { $0.contains("the lease of host-0 expired") }, "\(reasons)")
         #expect(reasons.contains { $0.hasPrefix("resumed from the checkpoint at step") }, "\(reasons)")
         #expect(try Self.samples(outputs, id) == Self.singleHost([job])[0])
-        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs) == [id])
+        #expect(try Self.outputDirectories(outputs) == [id])
         #expect(hosts[1].stop() == 0)
     }
 
@@ -123,15 +128,16 @@ struct ClusterTests {
         #expect(hosts[0].log.contains("job \(id): lease") || hosts[0].log.contains("job \(id): a checkpoint was refused"),
                 "\(hosts[0].log.suffix(2000))")
         #expect(try Self.samples(outputs, id) == Self.singleHost([job])[0])
-        #expect(try FileManager.default.contentsOfDirectory(atPath: outputs) == [id], "one output directory, none from the stale host")
+        #expect(try Self.outputDirectories(outputs) == [id], "one output directory, none from the stale host")
         let stats = try hosts[0].call(["verb": "stats"])
         print("frozen host: \(stats["leases_lost"] ?? "?") lease(s) lost, \(stats["fenced_writes"] ?? "?") fenced write(s)")
         for host in hosts { #expect(host.stop() == 0) }
     }
 
     /// A job submitted on one host wakes an idle one through NOTIFY, not at its
-    /// next look (a lease tick, 2 s here, away); and a cancel sent to
-    /// one host stops the job the other runs.
+    /// next look (a lease tick, 2 s here, away); the submitting host shows the
+    /// job's previews, which the other host writes; and a cancel sent to one
+    /// host stops the job the other runs.
     @Test func submitsWakeOtherHostsAndCancelsReachThem() throws {
         let outputs = try Self.sharedOutputs()
         let hosts = try Self.hosts(2, leaseSeconds: 6, outputs: outputs)
@@ -139,15 +145,62 @@ struct ClusterTests {
         let started = Date()
         var long = Self.jobs(1, steps: 1000)[0]
         long["count"] = 8
+        long["preview_every"] = 2
         let id = try hosts[0].submit(long)
         while try hosts[1].job(id)["state"] as? String == "queued" && Date().timeIntervalSince(started) < 5 { usleep(5_000) }
         let wake = Date().timeIntervalSince(started)
         #expect(try hosts[1].job(id)["state"] as? String == "running", "host 1 did not start the job within 5 s")
         print(String(format: "an idle host started a job submitted on another host %.0f ms after the submit", wake * 1000))
+        let previewDeadline = Date().addingTimeInterval(20)
+        var preview: String?
+        while preview == nil && Date() < previewDeadline {
+            preview = (try hosts[0].job(id)["progress"] as? [String: Any])?["preview"] as? String
+            usleep(20_000)
+        }
+        #expect(preview.map { $0.hasPrefix("\(outputs)/.previews/") && FileManager.default.fileExists(atPath: $0) } == true,
+                "host 0 shows no preview of the job host 1 runs: \(preview ?? "none")")
         let reply = try hosts[0].call(["verb": "cancel", "id": id])
         #expect(reply["ok"] as? Bool == true, "\(reply)")
         try hosts[1].wait(for: id, state: "canceled", seconds: 30)
         for host in hosts { #expect(host.stop() == 0) }
+    }
+
+    /// A server that stops answering (every process of it stopped, its
+    /// connections open) holds up the loop for one statement's answer wait at
+    /// most: the daemon gives the connection up, dials again on the loop, and
+    /// answers its socket meanwhile (verbs that need the queue in one line).
+    /// Thawed, it reconnects by itself and renders again.
+    @Test func aServerThatStopsAnsweringHoldsUpTheLoopOnceAtMost() throws {
+        let server = try PostgresServer()
+        defer { server.destroy() }
+        let host = try Self.hosts(1, leaseSeconds: 3, outputs: try Self.sharedOutputs(), url: try server.createDatabase())[0]
+        try host.wait(for: try host.submit(DaemonProcess.smallJob(steps: 3)), state: "succeeded")
+        try server.signalEveryProcess(SIGSTOP)
+        // A verb of the loop's own, and one that needs the queue, by turns.
+        var (calls, slowCalls) = (0, 0)
+        var unreachable = ""
+        let frozen = Date()
+        while Date().timeIntervalSince(frozen) < 12 {
+            let sent = Date()
+            let reply = try host.call(["verb": calls % 2 == 0 ? "ping" : "list"])
+            if Date().timeIntervalSince(sent) > 2 { slowCalls += 1 }
+            if let error = reply["error"] as? String { unreachable = error }
+            calls += 1
+            usleep(100_000)
+        }
+        try server.signalEveryProcess(SIGCONT)
+        #expect(slowCalls <= 1, "\(slowCalls) of \(calls) calls waited over 2 s while the server was stopped")
+        #expect(unreachable.contains("is unreachable") && !unreachable.contains("\n"), "\(unreachable)")
+        // Dialled again at the end of its backoff (4 s at most by now).
+        let thawed = Date()
+        while try host.call(["verb": "list"])["error"] != nil && Date().timeIntervalSince(thawed) < 20 { usleep(50_000) }
+        let reconnected = Date().timeIntervalSince(thawed)
+        let id = try host.submit(DaemonProcess.smallJob(steps: 3, seed: 5))
+        try host.wait(for: id, state: "succeeded", seconds: 30)
+        let stats = try host.call(["verb": "stats"])
+        print(String(format: "a stopped server: %d of %d calls over 2 s in 12 s, the loop's longest stall %@ ms; reconnected %.1f s after the thaw",
+                     slowCalls, calls, "\(stats["loop_stall_max_ms"] ?? "?")", reconnected))
+        #expect(host.stop() == 0)
     }
 
     /// `diffusiond migrate-queue`: a stopped SQLite host's queue moves into

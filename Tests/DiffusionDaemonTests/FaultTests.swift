@@ -81,10 +81,8 @@ final class TestNetwork {
 /// success came from the host of the job's last claim; the cut-off host's jobs
 /// finished elsewhere.
 ///
-/// A long check of its own (`make test-cluster`, which sets
-/// $DIFFUSIOND_FAULT_TEST), run alone rather than beside the whole suite.
+/// Part of `make test` (about 90 s beside the rest); `make test-cluster` runs it alone.
 @Suite(.serialized,
-       .enabled(if: ProcessInfo.processInfo.environment["DIFFUSIOND_FAULT_TEST"] != nil, "a long check: make test-cluster runs it"),
        .enabled(if: PostgresServer.available && TestNetwork.available,
                 "needs PostgreSQL's server and root to make network namespaces (ip netns)"))
 struct FaultTests {
@@ -212,7 +210,7 @@ struct FaultTests {
         // One complete output directory per job (a stale host's partial one is
         // swept within a lease tick), bit-identical to one SQLite host's render.
         usleep(UInt32(Self.leaseSeconds) * 1_000_000)
-        let directories = try FileManager.default.contentsOfDirectory(atPath: outputs).sorted()
+        let directories = try ClusterTests.outputDirectories(outputs)
         #expect(directories == ids.sorted(), "output directories: \(directories.count), stray: \(Set(directories).subtracting(ids))")
         let single = try DaemonProcess(batchImages: 4)
         let reference = try jobs.map { try single.submit($0) }
@@ -225,8 +223,11 @@ struct FaultTests {
         let logs = hosts.map(\.log)
         let fenced = logs.map { $0.components(separatedBy: "was refused: lease").count - 1 }.reduce(0, +)
         let lost = logs.map { $0.components(separatedBy: "lost (not renewed in time").count - 1 }.reduce(0, +)
+        // Since each host's last start: the longest any host's loop was held up.
+        let stall = try hosts.map { try $0.call(["verb": "stats"])["loop_stall_max_ms"] as? Int ?? -1 }.max() ?? -1
         print("fault test: \(jobs.count) jobs, \(kills) kill -9, 1 server restart, 1 partition of \(Self.leaseSeconds * 5 / 2) s "
               + "(\(partitionedJobs.count) jobs running on the cut-off host); \(resumed) resumed from a checkpoint, "
-              + "\(expiries) lease expiries, \(lost) leases found lost, \(fenced) fenced writes refused")
+              + "\(expiries) lease expiries, \(lost) leases found lost, \(fenced) fenced writes refused; "
+              + "longest loop stall \(stall) ms")
     }
 }

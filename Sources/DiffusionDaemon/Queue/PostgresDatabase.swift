@@ -7,24 +7,39 @@ import Foundation
 /// nowhere else: a lost connection, a server shutting down, a serialization
 /// failure are transient; an SQL error is the program's own and is not.
 ///
-/// Statements are blocking, bounded by short network timeouts (connect 3 s,
-/// TCP user timeout 3 s, keepalives), and a lost server is not dialled again
-/// before a backoff (0.5 s doubling to 10 s) has passed: until then every call
-/// fails at once with "the queue database is unreachable", so a partitioned
-/// host spends at most one timeout per backoff inside a call.
+/// A statement is sent with libpq's asynchronous calls and its answer waited
+/// for at most `answerSeconds`; a server that does not answer by then is
+/// given up as lost. A lost server is dialled again after a backoff (0.5 s
+/// doubling to 10 s); until a connection stands, every call fails at once with
+/// "the queue database is unreachable". Once `reconnect(on:)` hands it the
+/// daemon's loop, it dials there: libpq's connect state machine stepped
+/// whenever its socket under a `uv_poll` is ready, so the loop never waits for
+/// a connection, and waits for one answer only while a server answers.
 final class PostgresDatabase: QueueDatabase {
     let url: String
     private let hostName: String
     private var connection: OpaquePointer?
     private var retryAt = 0.0
     private var backoff = 0.5
+    private var lastFailure = ""
     private var lastChanges = 0
     private var translated: [String: String] = [:]
+    /// A NOTIFY read while a statement's answer was (so the socket will not say so).
+    private var notified = false
+    /// Set by `reconnect(on:)`.
+    private var loop: EventLoop?
+    private var redial: LoopTimer?
+    private var dial: Dial?
     /// Called after every (re)connection with the socket to watch for NOTIFY,
-    /// and before a connection is closed (its socket goes with it).
+    /// before a connection is closed (its socket goes with it), and when a
+    /// NOTIFY was read inside a statement (the caller's socket watch missed it).
     var onConnect: ((Int32) -> Void)?
     var onDisconnect: (() -> Void)?
+    var onNotified: (() -> Void)?
     static let channel = "diffusiond_queue"
+    /// The longest a statement waits for its answer, and a dial for a connection.
+    static let answerSeconds = 5.0
+    static let dialSeconds = 3.0
 
     init(url: String, hostName: String) throws {
         self.url = url
@@ -32,7 +47,10 @@ final class PostgresDatabase: QueueDatabase {
         try connect()
     }
 
-    deinit { PQfinish(connection) }
+    deinit {
+        PQfinish(connection)
+        if let dial { PQfinish(dial.connection) }
+    }
 
     var description: String { Self.redacted(url) }
 
@@ -48,29 +66,118 @@ final class PostgresDatabase: QueueDatabase {
         return fd >= 0 ? fd : nil
     }
 
-    private func connect() throws {
+    /// libpq's connection keywords: the URL, short network timeouts, our name in `pg_stat_activity`.
+    private func withParameters<T>(_ body: (UnsafePointer<UnsafePointer<CChar>?>, UnsafePointer<UnsafePointer<CChar>?>) -> T) -> T {
         let keys = ["dbname", "connect_timeout", "tcp_user_timeout", "keepalives_idle", "keepalives_interval",
                     "keepalives_count", "application_name"]
-        let values = [url, "3", "3000", "5", "2", "2", "diffusiond \(hostName)"]
+        let values = [url, "\(Int(Self.dialSeconds))", "3000", "5", "2", "2", "diffusiond \(hostName)"]
         let keyPointers = keys.map { strdup($0) } + [nil]
         let valuePointers = values.map { strdup($0) } + [nil]
         defer { (keyPointers + valuePointers).forEach { free($0) } }
-        let attempt = keyPointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { keyBuffer in
+        return keyPointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { keyBuffer in
             valuePointers.map { UnsafePointer($0) }.withUnsafeBufferPointer { valueBuffer in
-                PQconnectdbParams(keyBuffer.baseAddress, valueBuffer.baseAddress, 1)
+                body(keyBuffer.baseAddress!, valueBuffer.baseAddress!)
             }
         }
+    }
+
+    /// Dials and waits (at start-up, and on threads other than the loop's).
+    private func connect() throws {
+        let attempt = withParameters { PQconnectdbParams($0, $1, 1) }
         guard let attempt, PQstatus(attempt) == CONNECTION_OK else {
             let message = attempt.map { Self.firstLine(PQerrorMessage($0)) } ?? "out of memory"
             PQfinish(attempt)
             throw unreachable(message)
         }
-        connection = attempt
+        try adopt(attempt)
+    }
+
+    /// A connection made: set up for statements and notifications.
+    private func adopt(_ made: OpaquePointer) throws {
+        connection = made
         backoff = 0.5
         translated = [:]
+        PQsetnonblocking(made, 1)
         _ = try run("SET statement_timeout = '30s'; SET client_min_messages = warning", [])
         _ = try run("LISTEN \(Self.channel)", [])
         if let fd = socket { onConnect?(fd) }
+    }
+
+    /// From now on a lost server is dialled on `loop`, as soon as the backoff
+    /// has passed, without the loop waiting for it.
+    func reconnect(on loop: EventLoop) {
+        self.loop = loop
+        redial = LoopTimer(loop) { [unowned self] in startDialling() }
+        if connection == nil { redial?.start(after: UInt64(max(retryAt - JobStore.now(), 0) * 1000)) }
+    }
+
+    /// A connection being made on the loop: its state machine, the socket it
+    /// waits on (which libpq may replace from one step to the next), and the
+    /// timer that gives it up.
+    private final class Dial {
+        let connection: OpaquePointer
+        let deadline: LoopTimer
+        var poll: LoopPoll?
+        init(connection: OpaquePointer, deadline: LoopTimer) { (self.connection, self.deadline) = (connection, deadline) }
+    }
+
+    private func startDialling() {
+        guard let loop, connection == nil, dial == nil else { return }
+        let attempt = withParameters { PQconnectStartParams($0, $1, 1) }
+        guard let attempt, PQstatus(attempt) != CONNECTION_BAD else {
+            let message = attempt.map { Self.firstLine(PQerrorMessage($0)) } ?? "out of memory"
+            PQfinish(attempt)
+            _ = unreachable(message)
+            return
+        }
+        let deadline = LoopTimer(loop) { [unowned self] in dialFailed("no connection within \(Int(Self.dialSeconds)) s") }
+        deadline.start(after: UInt64(Self.dialSeconds * 1000))
+        dial = Dial(connection: attempt, deadline: deadline)
+        // libpq's protocol: before the first PQconnectPoll, wait as if it had said "writing".
+        wait(for: PGRES_POLLING_WRITING)
+    }
+
+    /// The dial's next step: watch its socket for what libpq waits on, or finish.
+    private func wait(for status: PostgresPollingStatusType) {
+        guard let loop, let current = dial else { return }
+        switch status {
+        case PGRES_POLLING_OK:
+            current.poll?.close()
+            current.deadline.close()
+            dial = nil
+            lastFailure = ""
+            // A setup statement that fails has counted as the connection's loss already.
+            try? adopt(current.connection)
+        case PGRES_POLLING_READING, PGRES_POLLING_WRITING:
+            let fd = PQsocket(current.connection)
+            let writable = status == PGRES_POLLING_WRITING
+            do {
+                if let poll = current.poll, poll.fd == fd {
+                    try poll.watch(writable: writable)
+                } else {
+                    current.poll?.close()
+                    current.poll = try LoopPoll(loop, fd: fd, writable: writable) { [unowned self] in
+                        guard let dial else { return }
+                        // Stopped while libpq may close this socket and open another.
+                        dial.poll?.stop()
+                        wait(for: PQconnectPoll(dial.connection))
+                    }
+                }
+            } catch {
+                dialFailed("\(error)")
+            }
+        default:
+            dialFailed(Self.firstLine(PQerrorMessage(current.connection)))
+        }
+    }
+
+    private func dialFailed(_ message: String) {
+        guard let current = dial else { return }
+        dial = nil
+        current.poll?.close()
+        current.deadline.close()
+        PQfinish(current.connection)
+        _ = unreachable(message)
     }
 
     /// The server went away: drop the connection and wait out the backoff.
@@ -78,7 +185,9 @@ final class PostgresDatabase: QueueDatabase {
         if connection != nil { onDisconnect?() }
         PQfinish(connection)
         connection = nil
+        lastFailure = message
         retryAt = JobStore.now() + backoff
+        redial?.start(after: UInt64(backoff * 1000))
         backoff = min(backoff * 2, 10)
         return DiffusionError("the queue database \(description) is unreachable: \(message)", transient: true)
     }
@@ -86,9 +195,9 @@ final class PostgresDatabase: QueueDatabase {
     private func connected() throws -> OpaquePointer {
         if let connection, PQstatus(connection) == CONNECTION_OK { return connection }
         if connection != nil { throw unreachable("the connection was lost") }
-        guard JobStore.now() >= retryAt else {
-            throw DiffusionError("the queue database \(description) is unreachable (trying again in \(max(Int(retryAt - JobStore.now()), 1)) s)",
-                                 transient: true)
+        guard loop == nil, JobStore.now() >= retryAt else {
+            let when = dial != nil ? "connecting" : "trying again in \(max(Int((retryAt - JobStore.now()).rounded(.up)), 1)) s"
+            throw DiffusionError("the queue database \(description) is unreachable: \(lastFailure) (\(when))", transient: true)
         }
         try connect()
         return connection!
@@ -130,9 +239,11 @@ final class PostgresDatabase: QueueDatabase {
         }
         defer { pointers.forEach { $0?.deallocate() } }
         // Without arguments, the simple protocol, which takes several statements (the migrations).
-        let result = arguments.isEmpty ? PQexec(connection, sql) : pointers.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer {
-            PQexecParams(connection, sql, Int32(arguments.count), types, $0.baseAddress, lengths, formats, 0)
+        let sent = arguments.isEmpty ? PQsendQuery(connection, sql) : pointers.map { $0.map { UnsafePointer($0) } }.withUnsafeBufferPointer {
+            PQsendQueryParams(connection, sql, Int32(arguments.count), types, $0.baseAddress, lengths, formats, 0)
         }
+        guard sent == 1 else { throw unreachable(Self.firstLine(PQerrorMessage(connection))) }
+        let result = try answer(connection)
         defer { PQclear(result) }
         let status = PQresultStatus(result)
         guard status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK else {
@@ -159,6 +270,48 @@ final class PostgresDatabase: QueueDatabase {
                 }
             })
         }
+    }
+
+    /// The answer to the statement just sent, as PQexec would give it (the
+    /// first error, or else the last result), within `answerSeconds`.
+    private func answer(_ connection: OpaquePointer) throws -> OpaquePointer? {
+        let deadline = JobStore.now() + Self.answerSeconds
+        let fd = PQsocket(connection)
+        func ready(_ events: Int16) throws {
+            var entry = pollfd(fd: fd, events: events, revents: 0)
+            var ready: Int32
+            repeat {
+                ready = poll(&entry, 1, Int32(max((deadline - JobStore.now()) * 1000, 0)))
+            } while ready < 0 && errno == EINTR
+            guard ready > 0 else { throw unreachable("no answer within \(Int(Self.answerSeconds)) s") }
+            if entry.revents & Int16(POLLIN) != 0, PQconsumeInput(connection) != 1 {
+                throw unreachable(Self.firstLine(PQerrorMessage(connection)))
+            }
+        }
+        // Nonblocking: the statement may not have left in one write.
+        while true {
+            let flushed = PQflush(connection)
+            if flushed == 0 { break }
+            if flushed < 0 { throw unreachable(Self.firstLine(PQerrorMessage(connection))) }
+            try ready(Int16(POLLIN | POLLOUT))
+        }
+        var kept: OpaquePointer?
+        while true {
+            while PQisBusy(connection) == 1 { try ready(Int16(POLLIN)) }
+            guard let result = PQgetResult(connection) else { break }
+            if kept.map({ PQresultStatus($0) == PGRES_FATAL_ERROR }) == true {
+                PQclear(result)
+            } else {
+                PQclear(kept)
+                kept = result
+            }
+        }
+        while let notice = PQnotifies(connection) {
+            PQfreemem(notice)
+            if !notified { onNotified?() }
+            notified = true
+        }
+        return kept
     }
 
     var changes: Int { lastChanges }
@@ -255,15 +408,17 @@ final class PostgresDatabase: QueueDatabase {
 
     func notifyQueueChanged() throws { _ = try run("NOTIFY \(Self.channel)", []) }
 
-    /// Reads what the server sent; true when a host said the queue changed.
-    /// A connection found broken is dropped (the next call reconnects).
+    /// Reads what the server sent; true when a host said the queue changed
+    /// (now, or inside a statement since the last call). A connection found
+    /// broken is dropped (and dialled again).
     func takeNotifications() -> Bool {
-        guard let connection else { return false }
+        var any = notified
+        notified = false
+        guard let connection else { return any }
         guard PQconsumeInput(connection) == 1 else {
             _ = unreachable(Self.firstLine(PQerrorMessage(connection)))
             return true  // the caller's next read finds out, and retries
         }
-        var any = false
         while let notice = PQnotifies(connection) {
             any = true
             PQfreemem(notice)
