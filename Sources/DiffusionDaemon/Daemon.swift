@@ -162,6 +162,7 @@ public final class Daemon {
         }
         // History is pruned once a minute, not at every job's end: each prune is a write.
         LoopTimer(loop) { [unowned self] in prune() }.start(after: 60_000, repeatEvery: 60_000)
+        // The loop's longest stall: how late a 100 ms tick came.
         var lastTick = DispatchTime.now().uptimeNanoseconds
         LoopTimer(loop) { [unowned self] in
             let now = DispatchTime.now().uptimeNanoseconds

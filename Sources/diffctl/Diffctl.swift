@@ -248,6 +248,8 @@ struct Show: ParsableCommand {
         }
         let record = reply["job"] as? [String: Any] ?? [:]
         print(summary(record))
+        if let host = record["host"] as? String { print("host \(host)") }
+        if let preview = (record["progress"] as? [String: Any])?["preview"] as? String { print("preview \(preview)") }
         print("output_dir \(record["output_dir"] ?? "")")
         for output in record["outputs"] as? [String] ?? [] { print("  \(output)") }
         for event in reply["events"] as? [[String: Any]] ?? [] {
@@ -505,7 +507,13 @@ struct Stats: ParsableCommand {
         print(["queued", "held", "running", "succeeded", "failed", "canceled"].map { "\($0) \(jobs[$0] ?? 0)" }.joined(separator: ", "))
         let running = (reply["running"] as? [String] ?? []).joined(separator: ", ")
         print("running: \(running.isEmpty ? "none" : running); images rendered \(reply["images_rendered"] ?? 0); clients \(reply["clients"] ?? 0)")
-        print(String(format: "uptime %.0f s, pid %@", reply["uptime_seconds"] as? Double ?? 0, "\(reply["pid"] ?? "")"))
+        print(String(format: "uptime %.0f s, pid %@; the loop's longest stall %@ ms", reply["uptime_seconds"] as? Double ?? 0,
+                     "\(reply["pid"] ?? "")", "\(reply["loop_stall_max_ms"] ?? "?")"))
+        let queue = reply["queue"] as? [String: Any] ?? [:]
+        print("queue \(queue["backend"] ?? "?") \(queue["database"] ?? ""), this host \(queue["host"] ?? "?")")
+        if queue["backend"] as? String == "postgresql" {
+            print("leases lost \(reply["leases_lost"] ?? 0), expired leases requeued \(reply["leases_expired"] ?? 0), fenced writes \(reply["fenced_writes"] ?? 0)")
+        }
     }
 }
 

@@ -32,6 +32,8 @@ final class DaemonProcess {
     let socket: String
     let state: String
     let configPath: String
+    /// Where the daemon writes previews: the state directory's, or beside a shared queue's outputs.
+    let previews: String
     private(set) var process: Process?
     /// A command the daemon is started through (`ip netns exec NAME`), which execs it in place.
     var launcher: [String] = []
@@ -50,6 +52,8 @@ final class DaemonProcess {
             let queue = "[queue]\nbackend = \"postgresql\"\nurl = \"\(try PostgresServer.shared.get().createDatabase())\"\n"
             extra = extra.contains("[queue]\n") ? extra.replacingOccurrences(of: "[queue]\n", with: queue) : extra + "\n" + queue
         }
+        let sharedOutputs = outputs.hasPrefix("/") ? outputs : "\(root)/\(outputs)"
+        previews = extra.contains("backend = \"postgresql\"") ? "\(sharedOutputs)/.previews" : "\(state)/previews"
         try """
             [paths]
             state = "state"

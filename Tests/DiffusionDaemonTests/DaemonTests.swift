@@ -146,9 +146,9 @@ import Testing
             }
             if event["event"] as? String == "end" { break }
         }
-        #expect(previews == ["\(daemon.state)/previews/\(id).png"])
+        #expect(previews == ["\(daemon.previews)/\(id).png"])
         #expect(sawFile)
-        #expect(!FileManager.default.fileExists(atPath: "\(daemon.state)/previews/\(id).png"), "a finished job's preview stays")
+        #expect(!FileManager.default.fileExists(atPath: "\(daemon.previews)/\(id).png"), "a finished job's preview stays")
         #expect(daemon.stop() == 0)
     }
 
