@@ -165,6 +165,26 @@ struct ClusterTests {
         for host in hosts { #expect(host.stop() == 0) }
     }
 
+    /// A job belongs to the user who submitted it, as the submitting host saw
+    /// them, on every host: its owner may act on it from another host, another
+    /// user may not, root may.
+    @Test(AdminTests.asOtherUser) func ownershipHoldsOnEveryHost() throws {
+        let hosts = try Self.hosts(2, outputs: try Self.sharedOutputs())
+        for host in hosts { _ = try host.diffctl(["pause"]) }
+        let submitted = try hosts[0].diffctl(["submit", "--quiet", "--model", "fashion-mnist", "--steps", "3"], asUID: AdminTests.nobody)
+        let id = submitted.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let owner = try hosts[1].job(id)["owner"] as? [String: Any]
+        #expect(owner?["uid"] as? Int == AdminTests.nobody && owner?["user"] as? String == "nobody", "\(owner ?? [:])")
+        let stranger = try hosts[1].diffctl(["cancel", id], asUID: 4242)
+        #expect(stranger.status == 1 && stranger.stderr == "diffctl: job \(id) belongs to nobody; only its owner, root or [access] admin_group may change it\n",
+                "\(stranger)")
+        #expect(try hosts[1].diffctl(["hold", id], asUID: AdminTests.nobody).status == 0)
+        #expect(try hosts[0].job(id)["state"] as? String == "held")
+        #expect(try hosts[1].diffctl(["cancel", id]).status == 0)
+        #expect(try hosts[0].job(id)["state"] as? String == "canceled")
+        for host in hosts { #expect(host.stop() == 0) }
+    }
+
     /// A server that stops answering (every process of it stopped, its
     /// connections open) holds up the loop for one statement's answer wait at
     /// most: the daemon gives the connection up, dials again on the loop, and
