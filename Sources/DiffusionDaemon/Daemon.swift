@@ -63,6 +63,9 @@ public final class Daemon {
     /// Ends the worker reported that the queue could not record yet (the
     /// database was unreachable): recorded when it answers, if the lease still holds.
     private var unsettled: [WorkerEvent] = []
+    /// When the shared queue's connection was lost (loop ms), until it stands again:
+    /// meanwhile each call that fails for it is not logged again.
+    private var queueLostAt: UInt64?
     /// Jobs watched here that run on another host: the state and step last shown.
     private var remoteSeen: [Int: (JobRecord.State, Int)] = [:]
 
@@ -136,15 +139,21 @@ public final class Daemon {
         if let postgres {
             // Another host's claims, ends and expiries reach this one by NOTIFY;
             // expired leases and remote watchers need a look now and then.
-            postgres.onDisconnect = { [unowned self] in
+            postgres.onDisconnect = { [unowned self] reason in
                 notifications?.close()
                 notifications = nil
+                log.warning("the queue database is unreachable: \(reason); renders go on, nothing is claimed until it answers")
+                queueLostAt = loop.now
             }
             // A NOTIFY read inside a statement, and a connection made again, call for a look at the queue, after the call.
             let lookAgain = LoopTimer(loop) { [unowned self] in dispatch() }
             postgres.onNotified = { lookAgain.start(after: 0) }
             postgres.onConnect = { [unowned self] fd in
                 watchNotifications(fd)
+                if let lost = queueLostAt {
+                    log.notice("the queue database answers again, after \((loop.now - lost + 500) / 1000) s")
+                    queueLostAt = nil
+                }
                 lookAgain.start(after: 0)
             }
             if let fd = postgres.socket { watchNotifications(fd) }
@@ -231,7 +240,7 @@ public final class Daemon {
             }
             if notifier.isActive { notifier.status(statusLine) }
         } catch {
-            log.error("the queue cannot be read: \(error)")
+            logQueueFailure("the queue cannot be read", error)
             // Tried again shortly: a database that went away comes back.
             backoffTimer.start(after: 1000)
         }
@@ -278,7 +287,7 @@ public final class Daemon {
             for id in renewal.cancelRequested { running[id]?.assignment.control.cancel.store(true, ordering: .relaxed) }
             if !renewal.lost.isEmpty || !pending.isEmpty { dispatch() }
         } catch {
-            log.warning("leases not renewed: \(error)")
+            logQueueFailure("leases not renewed", error)
         }
     }
 
@@ -300,8 +309,16 @@ public final class Daemon {
             }
             if !startup && !abandoned.queued.isEmpty { dispatch() }
         } catch {
-            log.warning("abandoned jobs not requeued: \(error)")
+            logQueueFailure("abandoned jobs not requeued", error)
         }
+    }
+
+    /// A queue call that failed: a transient failure is a warning, said once
+    /// per outage of the shared queue's database (its loss is logged when it
+    /// happens); any other is an error, said every time.
+    private func logQueueFailure(_ what: String, _ error: Error) {
+        guard (error as? DiffusionError)?.transient == true else { return log.error("\(what): \(error)") }
+        if queueLostAt == nil { log.warning("\(what): \(error)") }
     }
 
     private func watchNotifications(_ fd: Int32) {
@@ -341,7 +358,7 @@ public final class Daemon {
         do {
             try handle(event)
         } catch let error as DiffusionError where error.transient && event.isEnd {
-            log.warning("the queue cannot record a job's end yet: \(error)")
+            logQueueFailure("the queue cannot record a job's end yet", error)
             unsettled.append(event)
         } catch {
             log.error("the queue cannot be written: \(error)")

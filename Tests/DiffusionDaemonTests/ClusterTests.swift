@@ -217,6 +217,10 @@ struct ClusterTests {
         let reconnected = Date().timeIntervalSince(thawed)
         let id = try host.submit(DaemonProcess.smallJob(steps: 3, seed: 5))
         try host.wait(for: id, state: "succeeded", seconds: 30)
+        // The outage in the log: its start and its end, not a line per failed call.
+        let log = host.log
+        #expect(log.components(separatedBy: "warning: the queue database is unreachable").count == 2, "\(log.suffix(3000))")
+        #expect(log.contains("the queue database answers again") && !log.contains("abandoned jobs not requeued"), "\(log.suffix(3000))")
         let stats = try host.call(["verb": "stats"])
         print(String(format: "a stopped server: %d of %d calls over 2 s in 12 s, the loop's longest stall %@ ms; reconnected %.1f s after the thaw",
                      slowCalls, calls, "\(stats["loop_stall_max_ms"] ?? "?")", reconnected))

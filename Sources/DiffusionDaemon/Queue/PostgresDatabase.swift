@@ -34,7 +34,7 @@ final class PostgresDatabase: QueueDatabase {
     /// before a connection is closed (its socket goes with it), and when a
     /// NOTIFY was read inside a statement (the caller's socket watch missed it).
     var onConnect: ((Int32) -> Void)?
-    var onDisconnect: (() -> Void)?
+    var onDisconnect: ((String) -> Void)?
     var onNotified: (() -> Void)?
     static let channel = "diffusiond_queue"
     /// The longest a statement waits for its answer, and a dial for a connection.
@@ -182,7 +182,7 @@ final class PostgresDatabase: QueueDatabase {
 
     /// The server went away: drop the connection and wait out the backoff.
     private func unreachable(_ message: String) -> DiffusionError {
-        if connection != nil { onDisconnect?() }
+        if connection != nil { onDisconnect?(message) }
         PQfinish(connection)
         connection = nil
         lastFailure = message
