@@ -718,7 +718,7 @@ final class StateLock {
             var buffer = [UInt8](repeating: 0, count: 32)
             let count = pread(fd, &buffer, buffer.count, 0)
             let holder = String(decoding: buffer.prefix(max(count, 0)), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
-            close(fd)
+            // Not closed here: the object is whole, so deinit closes it.
             throw DiffusionError("another diffusiond (pid \(holder.isEmpty ? "unknown" : holder)) is running on \(URL(fileURLWithPath: path).deletingLastPathComponent().path)")
         }
         ftruncate(fd, 0)
@@ -726,5 +726,5 @@ final class StateLock {
         _ = pid.withCString { pwrite(fd, $0, strlen($0), 0) }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 }

@@ -26,8 +26,8 @@ public final class DaemonClient {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(socketPath.utf8)
+        // No close() before a throw from here on: the object is whole, so deinit runs and closes it (once).
         guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else {
-            close(fd)
             throw NoDaemon(message: "socket path \(socketPath) is too long")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
@@ -39,7 +39,6 @@ public final class DaemonClient {
         }
         guard status == 0 else {
             let code = errno
-            close(fd)
             if code == EACCES {
                 throw NoDaemon(message: "permission denied on \(socketPath): only members of the socket's group (diffusiond) may talk to the daemon; ask an operator to add you (docs/protocol.md)")
             }
@@ -47,7 +46,7 @@ public final class DaemonClient {
         }
     }
 
-    deinit { close(fd) }
+    deinit { if fd >= 0 { close(fd) } }
 
     /// How long `receive` waits for the daemon before it fails (0: forever, the default).
     public func setReceiveTimeout(seconds: Double) {

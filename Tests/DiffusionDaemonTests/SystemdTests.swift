@@ -27,21 +27,29 @@ import Testing
         let daemon = try DaemonProcess(start: false)
         let notifyPath = "\(daemon.root)/notify.sock"
         let fd = try Self.boundSocket(notifyPath, type: Int32(SOCK_DGRAM.rawValue))
-        defer { close(fd) }
         var timeout = timeval(tv_sec: 0, tv_usec: 100_000)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         // The manager's side: read every datagram as it comes (a unix datagram
         // queue holds only ten; the daemon must never block on it).
         let messages = Mutex<[String]>([])
         let reading = Atomic<Bool>(true)
+        let readerDone = DispatchSemaphore(value: 0)
         let reader = Thread {
             var buffer = [UInt8](repeating: 0, count: 4096)
             while reading.load(ordering: .relaxed) {
                 let count = recv(fd, &buffer, buffer.count, 0)
                 if count > 0 { messages.withLock { $0.append(String(decoding: buffer[..<count], as: UTF8.self)) } }
             }
+            readerDone.signal()
         }
         reader.start()
+        // The socket is closed only after the reader stopped: closed under it, its
+        // number could be another test's connection by its next recv.
+        defer {
+            reading.store(false, ordering: .relaxed)
+            readerDone.wait()
+            close(fd)
+        }
         func received(within seconds: Double, _ condition: ([String]) -> Bool) -> Bool {
             let deadline = Date().addingTimeInterval(seconds)
             while Date() < deadline {
@@ -72,7 +80,6 @@ import Testing
         #expect(received(within: 10) { $0.contains { $0.hasPrefix("READY=1\nSTATUS=reload failed, running the old configuration: ") && $0.contains("limits.max_steps must be") } })
         #expect(daemon.stop() == 0)
         #expect(received(within: 5) { $0.contains { $0.hasPrefix("STOPPING=1") } })
-        reading.store(false, ordering: .relaxed)
         let all = messages.withLock { $0 }
         #expect(all.contains { $0.hasPrefix("STATUS=rendering job \(id)") })
     }
