@@ -101,22 +101,27 @@ final class RenderWorker: @unchecked Sendable {
 
     func start() {
         let thread = Thread { [self] in
-            let runtime = KernelRuntime(threadCount: threads)
-            var active: [Active] = []
-            while let fresh = takeAssignments(waiting: active.isEmpty) {
-                active += fresh.compactMap { begin($0, runtime) }
-                active = active.filter(stillWanted)
-                // one batch per model: a stage's images batch with every job's images of the same model
-                for group in Dictionary(grouping: active, by: { $0.render.current.plan.job.model }).values {
-                    step(group, runtime)
-                }
-                active = active.filter { !$0.render.isFinished && !ended.contains($0.assignment.id) }
-                ended.removeAll()
-            }
+            serve()
+            // After serve's renders and runtime are released: the process may exit at once.
             threadEnded.signal()
         }
         thread.name = "diffusiond-render"
         thread.start()
+    }
+
+    private func serve() {
+        let runtime = KernelRuntime(threadCount: threads)
+        var active: [Active] = []
+        while let fresh = takeAssignments(waiting: active.isEmpty) {
+            active += fresh.compactMap { begin($0, runtime) }
+            active = active.filter(stillWanted)
+            // one batch per model: a stage's images batch with every job's images of the same model
+            for group in Dictionary(grouping: active, by: { $0.render.current.plan.job.model }).values {
+                step(group, runtime)
+            }
+            active = active.filter { !$0.render.isFinished && !ended.contains($0.assignment.id) }
+            ended.removeAll()
+        }
     }
 
     func assign(_ assignment: RenderAssignment) {

@@ -297,7 +297,13 @@ final class PostgresDatabase: QueueDatabase {
         }
         var kept: OpaquePointer?
         while true {
-            while PQisBusy(connection) == 1 { try ready(Int16(POLLIN)) }
+            do {
+                while PQisBusy(connection) == 1 { try ready(Int16(POLLIN)) }
+            } catch {
+                // The connection went while later results were due: the ones taken go with it.
+                PQclear(kept)
+                throw error
+            }
             guard let result = PQgetResult(connection) else { break }
             if kept.map({ PQresultStatus($0) == PGRES_FATAL_ERROR }) == true {
                 PQclear(result)
