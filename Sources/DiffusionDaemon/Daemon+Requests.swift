@@ -218,9 +218,9 @@ extension Daemon {
                 let elapsed = Double(DispatchTime.now().uptimeNanoseconds - current.startedAt) / 1e9
                 eta = elapsed / Double(current.done - current.firstDone) * Double(current.overall - current.done)
             }
-        } else if record.state == .running, access("\(config.previews)/\(record.id).png", R_OK) == 0 {
+        } else if record.state == .running, access(config.previewPath(of: record.id), R_OK) == 0 {
             // Running on another host of a shared queue, whose previews are beside the shared outputs.
-            preview = "\(config.previews)/\(record.id).png"
+            preview = config.previewPath(of: record.id)
         }
         let outputDirectory = OutputDirectory.path(outputs: config.outputs, id: record.id)
         return [

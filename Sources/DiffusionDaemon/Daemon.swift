@@ -213,15 +213,14 @@ public final class Daemon {
     func dispatch() {
         guard !stopping, !isPaused else { return }
         do {
-            while running.values.reduce(0, { $0 + $1.assignment.job.count }) < config.batchImages || running.isEmpty {
+            while runningImages < config.batchImages || running.isEmpty {
                 let now = JobStore.now()
                 var parsed: Result<Job, Error>?
                 let claimed = try store.claimNext(now: now) { record in
                     let job = Result { try Job(json: record.job, source: "job \(record.id)") }
                     parsed = job
                     guard case .success(let job) = job, let batchmate = running.values.first else { return true }
-                    let images = running.values.reduce(0) { $0 + $1.assignment.job.count }
-                    return batchmate.assignment.job.model == job.model && images + job.count <= config.batchImages
+                    return batchmate.assignment.job.model == job.model && runningImages + job.count <= config.batchImages
                 }
                 guard let record = claimed, let lease = record.leaseToken.map({ Lease(id: record.id, token: $0) }) else {
                     if parsed == nil, let next = try store.earliestBackoff(after: now) {
@@ -246,12 +245,15 @@ public final class Daemon {
         }
     }
 
+    /// Images of the jobs rendering together now.
+    private var runningImages: Int { running.values.reduce(0) { $0 + $1.assignment.job.count } }
+
     private func start(_ record: JobRecord, _ job: Job, _ lease: Lease) {
         let attempt = "attempt \(record.attempts + 1) of \(record.maxAttempts)"
         let limit = config.jobSeconds > 0 ? config.jobSeconds : .infinity
         let assignment = RenderAssignment(
             id: record.id, job: job, jobKey: Spool.hash(record.job), lease: lease, outputs: config.outputs,
-            previewPath: "\(config.previews)/\(record.id).png",
+            previewPath: config.previewPath(of: record.id),
             checkpointEvery: config.checkpointEverySteps,
             previewEvery: job.previewEvery > 0 ? job.previewEvery : config.previewEverySteps,
             owner: uid_t(record.ownerUID), timeLimit: job.timeLimit > 0 ? min(job.timeLimit, limit) : limit,

@@ -68,6 +68,8 @@ public struct DaemonConfig: Sendable {
     /// Previews of a shared queue's jobs are beside its outputs, so that a host
     /// watching a job another host runs can show them.
     public var previews: String { queueBackend == .sqlite ? "\(stateDirectory)/previews" : "\(outputs)/.previews" }
+    /// A running job's latest preview.
+    public func previewPath(of id: Int) -> String { "\(previews)/\(id).png" }
 
     public init() {}
 

@@ -74,22 +74,21 @@ struct Metrics {
         out += "diffusiond_build_info{version=\"\(Self.escape(version))\"} 1\n"
         family("diffusiond_jobs", "gauge", "Jobs in the queue, by state.")
         for (state, count) in jobs { out += "diffusiond_jobs{state=\"\(state)\"} \(count)\n" }
-        family("diffusiond_images", "counter", "Images rendered since the daemon started.")
-        out += "diffusiond_images_total \(imagesTotal)\n"
-        family("diffusiond_steps", "counter", "Sampling steps of jobs done since the daemon started.")
-        out += "diffusiond_steps_total \(stepsTotal)\n"
-        family("diffusiond_spool_rejected", "counter", "Spool files rejected since the daemon started.")
-        out += "diffusiond_spool_rejected_total \(spoolRejectedTotal)\n"
-        family("diffusiond_leases_lost", "counter", "Leases of this host's renders another host took (not renewed in time).")
-        out += "diffusiond_leases_lost_total \(leasesLostTotal)\n"
-        family("diffusiond_leases_expired", "counter", "Expired leases of stopped or cut-off hosts this host requeued.")
-        out += "diffusiond_leases_expired_total \(leasesExpiredTotal)\n"
-        family("diffusiond_fenced_writes", "counter", "Writes of this host's the queue refused: the job's lease was no longer its.")
-        out += "diffusiond_fenced_writes_total \(fencedWritesTotal)\n"
-        family("diffusiond_loop_stall_max_seconds", "gauge", "The longest the event loop was kept from its timers since the daemon started.")
-        out += "diffusiond_loop_stall_max_seconds \(loopStallMaxSeconds)\n"
-        family("diffusiond_model_cache_bytes", "gauge", "Weight bytes of the models the render worker holds.")
-        out += "diffusiond_model_cache_bytes \(modelCacheBytes)\n"
+        /// One unlabelled sample and its family: a counter's sample is named `_total`.
+        func scalar(_ name: String, _ type: String, _ help: String, _ value: Any) {
+            family(name, type, help)
+            out += "\(name)\(type == "counter" ? "_total" : "") \(value)\n"
+        }
+        scalar("diffusiond_images", "counter", "Images rendered since the daemon started.", imagesTotal)
+        scalar("diffusiond_steps", "counter", "Sampling steps of jobs done since the daemon started.", stepsTotal)
+        scalar("diffusiond_spool_rejected", "counter", "Spool files rejected since the daemon started.", spoolRejectedTotal)
+        scalar("diffusiond_leases_lost", "counter", "Leases of this host's renders another host took (not renewed in time).", leasesLostTotal)
+        scalar("diffusiond_leases_expired", "counter", "Expired leases of stopped or cut-off hosts this host requeued.", leasesExpiredTotal)
+        scalar("diffusiond_fenced_writes", "counter", "Writes of this host's that the queue refused: the job's lease was no longer its.",
+               fencedWritesTotal)
+        scalar("diffusiond_loop_stall_max_seconds", "gauge", "The longest the event loop was kept from its timers since the daemon started.",
+               loopStallMaxSeconds)
+        scalar("diffusiond_model_cache_bytes", "gauge", "Weight bytes of the models the render worker holds.", modelCacheBytes)
         family("diffusiond_step_seconds", "histogram", "Wall time of one batched model step, by model.")
         for model in stepSeconds.keys.sorted() {
             histogram("diffusiond_step_seconds", stepSeconds[model]!, labels: "model=\"\(Self.escape(model))\"")

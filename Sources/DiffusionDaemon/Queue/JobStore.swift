@@ -265,7 +265,7 @@ final class JobStore {
             }
             try db.query("UPDATE jobs SET \(sets.joined(separator: ", ")) WHERE \(condition)", arguments)
             guard db.changes == 1 else { return false }
-            if to.isFinished || resetAttempts { try db.query("DELETE FROM checkpoints WHERE job_id = ?", [.integer(Int64(id))]) }
+            if to.isFinished || resetAttempts { try deleteCheckpoint(id) }
             try appendEvent(id, to, reason, now)
             if to == .queued { try db.notifyQueueChanged() }
             return true
@@ -294,7 +294,7 @@ final class JobStore {
             }
             try db.query("UPDATE jobs SET state = 'failed', attempts = ?, error = ?, finished_at = ? WHERE id = ?",
                          [.integer(Int64(attempts)), .text(error), .real(now), .integer(Int64(id))])
-            try db.query("DELETE FROM checkpoints WHERE job_id = ?", [.integer(Int64(id))])
+            try deleteCheckpoint(id)
             try appendEvent(id, .failed, error, now)
             return .failed
         }
@@ -416,8 +416,11 @@ final class JobStore {
     }
 
     func removeCheckpoint(of id: Int) throws {
-        try db.write { try db.query("DELETE FROM checkpoints WHERE job_id = ?", [.integer(Int64(id))]) }
+        try db.write { try deleteCheckpoint(id) }
     }
+
+    /// Inside a write.
+    private func deleteCheckpoint(_ id: Int) throws { try db.query("DELETE FROM checkpoints WHERE job_id = ?", [.integer(Int64(id))]) }
 
     /// An event with no job (a rejected spool file).
     func logEvent(_ state: String, _ reason: String) throws {
