@@ -294,7 +294,8 @@ public final class Daemon {
     }
 
     /// Running jobs that no live host holds go back to the queue; at start-up
-    /// those this host held too. Then partial outputs left behind are settled.
+    /// those this host held too. Then partial outputs left behind are settled,
+    /// and at start-up checkpoints of ended jobs go.
     private func requeueAbandoned(startup: Bool) {
         do {
             let abandoned = try store.requeueAbandoned(poisonAfter: config.poisonAfterCrashes, startup: startup)
@@ -309,6 +310,7 @@ public final class Daemon {
             if startup || !abandoned.queued.isEmpty || !abandoned.poisoned.isEmpty {
                 try OutputDirectory.sweep(outputs: config.outputs, record: store.record)
             }
+            if startup { try checkpoints.sweep(record: store.record) }
             if !startup && !abandoned.queued.isEmpty { dispatch() }
         } catch {
             logQueueFailure("abandoned jobs not requeued", error)

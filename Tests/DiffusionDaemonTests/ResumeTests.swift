@@ -119,6 +119,22 @@ import Testing
         #expect(daemon.stop() == 0)
     }
 
+    /// A checkpoint file of a job that ended (a daemon killed between the
+    /// queue's record of the end and the file's removal) goes at the next
+    /// start; a waiting job's stays.
+    @Test(DaemonProcess.readsSQLiteFiles) func checkpointsOfEndedJobsGoAtStartUp() throws {
+        let daemon = try DaemonProcess()
+        let ended = try daemon.submit(DaemonProcess.smallJob(steps: 3))
+        try daemon.wait(for: ended, state: "succeeded")
+        let reply = try daemon.call(["verb": "submit", "job": DaemonProcess.smallJob(steps: 3, seed: 2), "hold": true])
+        let held = try #require((reply["job"] as? [String: Any])?["id"] as? String)
+        #expect(daemon.stop() == 0)
+        for id in [ended, held] { try Data("{}".utf8).write(to: URL(fileURLWithPath: "\(daemon.state)/checkpoints/\(id).json")) }
+        try daemon.start()
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(daemon.state)/checkpoints") == ["\(held).json"])
+        #expect(daemon.stop() == 0)
+    }
+
     /// Whether this machine lets the test mount a tmpfs (root, and mount allowed), tried once.
     static let canMountTmpfs: Bool = {
         guard getuid() == 0, let directory = try? DaemonProcess.temporaryDirectory() else { return false }

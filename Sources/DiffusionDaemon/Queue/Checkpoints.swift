@@ -17,6 +17,9 @@ protocol CheckpointStore: AnyObject {
     /// The loop, once the job's render is over here: a file goes; the
     /// table's row went with the queue's record of the end, under its lease.
     func renderEnded(_ id: Int)
+    /// At start-up: checkpoints of jobs that ended, left by a daemon that
+    /// stopped between the queue's record of the end and `renderEnded`.
+    func sweep(record: (Int) throws -> JobRecord?) throws
 }
 
 /// `checkpoints/JOB-ID.json`: written to a temporary file, flushed to disk,
@@ -63,6 +66,13 @@ final class CheckpointFiles: CheckpointStore {
     }
 
     func renderEnded(_ id: Int) { remove(id) }
+
+    func sweep(record: (Int) throws -> JobRecord?) throws {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        for id in Set(names.compactMap { Int($0.prefix { $0 != "." }) }) {
+            if try record(id)?.state.isFinished ?? true { remove(id) }
+        }
+    }
 
     /// The checkpoint file at `path` (also the fuzz target's entry).
     static func read(_ path: String) throws -> RenderCheckpoint? {
@@ -111,4 +121,6 @@ final class CheckpointTable: CheckpointStore {
     func remove(_ id: Int) { try? store.removeCheckpoint(of: id) }
 
     func renderEnded(_ id: Int) {}
+
+    func sweep(record: (Int) throws -> JobRecord?) throws {}
 }
